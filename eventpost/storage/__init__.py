@@ -1,0 +1,35 @@
+"""The storage port and its adapters. Services import only from here."""
+
+from eventpost.storage.port import (
+    AnyOf,
+    Collection,
+    CollectionSpec,
+    DuplicateKey,
+    Near,
+    NotFound,
+    OutboxEvent,
+    Page,
+    Query,
+    Range,
+    StorageError,
+    Store,
+    VersionConflict,
+    open_store,
+)
+
+__all__ = [
+    "AnyOf",
+    "Collection",
+    "CollectionSpec",
+    "DuplicateKey",
+    "Near",
+    "NotFound",
+    "OutboxEvent",
+    "Page",
+    "Query",
+    "Range",
+    "StorageError",
+    "Store",
+    "VersionConflict",
+    "open_store",
+]
