@@ -119,7 +119,7 @@ class MetricsMiddleware:
 def _serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError):
     resp.content_type = PROBLEM_JSON
     resp.text = dumps(problem_from_http_error(exc))
-    if exc.status_code == 401:
+    if exc.status_code == 401 and not resp.get_header("WWW-Authenticate"):
         resp.set_header("WWW-Authenticate", "Bearer")
 
 

@@ -1,0 +1,53 @@
+"""Where the services are: one module every caller resolves addresses through.
+
+Without ``CONSUL_HTTP_ADDR`` the addresses are static (127.0.0.1 and each service's port from
+the settings). With it, :mod:`eventpost.consul` (when present) looks up healthy instances.
+"""
+
+from __future__ import annotations
+
+import abc
+
+from eventpost.settings import Settings
+
+SERVICES = ("users", "events", "notifications")
+
+
+class Discovery(abc.ABC):
+    """Resolves a service name to the base URLs of its instances."""
+
+    @abc.abstractmethod
+    def instances(self, service: str) -> list[str]:
+        """Base URLs (``http://host:port``) of the service's healthy instances."""
+
+    def url(self, service: str) -> str:
+        """One base URL of the service (the first instance)."""
+        found = self.instances(service)
+        if not found:
+            raise LookupError(f"no instance of {service!r} is known")
+        return found[0]
+
+
+class StaticDiscovery(Discovery):
+    """Every service on 127.0.0.1 at the port the settings give it."""
+
+    def __init__(self, settings: Settings, host: str = "127.0.0.1") -> None:
+        self.settings = settings
+        self.host = host
+
+    def instances(self, service: str) -> list[str]:
+        port = self.settings.service_ports.get(service)
+        if port is None:
+            raise LookupError(f"unknown service {service!r}")
+        return [f"http://{self.host}:{port}"]
+
+
+def discovery_for(settings: Settings) -> Discovery:
+    """The discovery the settings ask for."""
+    if settings.consul_http_addr:
+        try:
+            from eventpost.consul import ConsulDiscovery
+        except ImportError:  # Consul support not built yet
+            return StaticDiscovery(settings)
+        return ConsulDiscovery(settings)
+    return StaticDiscovery(settings)
