@@ -1,0 +1,15 @@
+"""invoke tasks. Each module of this package holds the tasks of one area; every task in them
+is offered at the top level (``invoke run``, ``invoke test``, ``invoke perf-events``, ...)."""
+
+import importlib
+import pkgutil
+
+from invoke import Collection, Task
+
+ns = Collection()
+
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    _module = importlib.import_module(f"{__name__}.{_info.name}")
+    for _obj in vars(_module).values():
+        if isinstance(_obj, Task) and _obj.__module__ == _module.__name__:
+            ns.add_task(_obj)
