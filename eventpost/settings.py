@@ -71,6 +71,14 @@ class Settings:
     # How long an access token lives, seconds.
     access_token_ttl: int = 900
     refresh_token_ttl: int = 30 * 24 * 3600
+    # Gateway: listen address, per-client rate limit (requests/s, 0 = off) and burst, CORS
+    # origins ("*" or a list), upstream timeouts (seconds).
+    gateway_host: str = "127.0.0.1"
+    gateway_rate_limit: float = 20.0
+    gateway_rate_burst: int = 40
+    gateway_cors_origins: tuple[str, ...] = ("*",)
+    gateway_connect_timeout: float = 2.0
+    gateway_upstream_timeout: float = 10.0
 
     @classmethod
     def from_env(cls, service: str = "eventpost", env: Mapping[str, str] | None = None) -> Settings:
@@ -109,6 +117,15 @@ class Settings:
             ),
             access_token_ttl=_int(env, "ACCESS_TOKEN_TTL", 900),
             refresh_token_ttl=_int(env, "REFRESH_TOKEN_TTL", 30 * 24 * 3600),
+            gateway_host=env.get("GATEWAY_HOST") or "127.0.0.1",
+            gateway_rate_limit=_float(env, "GATEWAY_RATE_LIMIT", 20.0),
+            gateway_rate_burst=_int(env, "GATEWAY_RATE_BURST", 40),
+            gateway_cors_origins=tuple(
+                o.strip() for o in (env.get("GATEWAY_CORS_ORIGINS") or "*").split(",") if o.strip()
+            )
+            or ("*",),
+            gateway_connect_timeout=_float(env, "GATEWAY_CONNECT_TIMEOUT", 2.0),
+            gateway_upstream_timeout=_float(env, "GATEWAY_UPSTREAM_TIMEOUT", 10.0),
         )
 
     @property
