@@ -71,6 +71,9 @@ class Settings:
     # How long an access token lives, seconds.
     access_token_ttl: int = 900
     refresh_token_ttl: int = 30 * 24 * 3600
+    # Path of the users service's signing key file (USERS_SIGNING_KEYS); unset: a file
+    # under DATA_DIR/keys, created on first start.
+    users_signing_keys: str | None = None
     # Gateway: listen address, per-client rate limit (requests/s, 0 = off) and burst, CORS
     # origins ("*" or a list), upstream timeouts (seconds).
     gateway_host: str = "127.0.0.1"
@@ -117,6 +120,7 @@ class Settings:
             ),
             access_token_ttl=_int(env, "ACCESS_TOKEN_TTL", 900),
             refresh_token_ttl=_int(env, "REFRESH_TOKEN_TTL", 30 * 24 * 3600),
+            users_signing_keys=_opt(env, "USERS_SIGNING_KEYS"),
             gateway_host=env.get("GATEWAY_HOST") or "127.0.0.1",
             gateway_rate_limit=_float(env, "GATEWAY_RATE_LIMIT", 20.0),
             gateway_rate_burst=_int(env, "GATEWAY_RATE_BURST", 40),
