@@ -1,0 +1,338 @@
+"""Runs the whole EventPost suite on one machine: what ``invoke run`` and the end-to-end tests
+start.
+
+Every part is a child process in its own process group, its output kept in
+``DATA_DIR/log/<part>.log``. The launcher waits until each HTTP part answers ``/ready``, prints
+the addresses, watches the children, and on Ctrl-C or SIGTERM stops all of them (SIGTERM, then
+SIGKILL after a grace period), so nothing is left running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eventpost.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Part:
+    """One process of the suite."""
+
+    name: str
+    argv: list[str]
+    module: str  # checked importable before starting: a part not built yet is skipped
+    port: int | None = None  # HTTP parts answer /ready on it
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str | None:
+        return f"http://127.0.0.1:{self.port}" if self.port else None
+
+
+def _gunicorn(service: str, port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--workers",
+        "1",
+        "--threads",
+        "8",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--graceful-timeout",
+        "10",
+        "--log-level",
+        "warning",
+        f"services.{service}.wsgi:app",
+    ]
+
+
+def suite_parts(settings: Settings, with_smtp_sink: bool) -> list[Part]:
+    """The processes of the whole suite, in start order."""
+    py = sys.executable
+    ports = settings.service_ports
+    parts = []
+    if with_smtp_sink:
+        parts.append(Part("smtp-sink", [py, "-m", "email_sender.sink"], "email_sender.sink"))
+    for service in ("users", "events", "notifications"):
+        parts.append(
+            Part(
+                service,
+                _gunicorn(service, ports[service]),
+                f"services.{service}.wsgi",
+                ports[service],
+            )
+        )
+    parts += [
+        Part(
+            "users-relay",
+            [py, "-m", "eventpost.messaging.relay", "--service", "users"],
+            "eventpost.messaging.relay",
+        ),
+        Part(
+            "events-relay",
+            [py, "-m", "eventpost.messaging.relay", "--service", "events"],
+            "eventpost.messaging.relay",
+        ),
+        Part(
+            "notifications-worker",
+            [py, "-m", "services.notifications.worker"],
+            "services.notifications.worker",
+        ),
+        Part(
+            "dispatcher",
+            [py, "-m", "services.notifications.dispatcher"],
+            "services.notifications.dispatcher",
+        ),
+        Part("email-sender", [py, "-m", "email_sender"], "email_sender.__main__"),
+        Part("gateway", [py, "-m", "gateway"], "gateway.__main__", settings.gateway_port),
+    ]
+    return parts
+
+
+def module_exists(name: str) -> bool:
+    """Whether ``name`` can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something already listens on ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_status(url: str, timeout: float = 1.0) -> int | None:
+    """The status of GET ``url``, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - local URL
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (OSError, urllib.error.URLError):
+        return None
+
+
+class SuiteError(RuntimeError):
+    """A part of the suite could not start; the message says which and why."""
+
+
+class Suite:
+    """The running suite: start it, wait for it, stop all of it."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        *,
+        with_smtp_sink: bool | None = None,
+        say: Callable[[str], None] = lambda line: log.info(line),
+    ) -> None:
+        self.env = dict(env)
+        self.settings = Settings.from_env("launcher", self.env)
+        if with_smtp_sink is None:  # API.md: a local sink unless SMTP_HOST is set
+            with_smtp_sink = not self.env.get("SMTP_HOST")
+        self.parts = suite_parts(self.settings, with_smtp_sink)
+        self.log_dir = self.settings.data_dir / "log"
+        self.say = say
+        self._stopping = threading.Event()
+
+    # -- start -----------------------------------------------------------------------------
+
+    def start(self, ready_timeout: float = 60.0) -> None:
+        """Start every part and wait until the HTTP ones are ready; raise :class:`SuiteError`
+        (after stopping what started) when one cannot start."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        (self.settings.data_dir / "mail").mkdir(parents=True, exist_ok=True)
+        missing = [p for p in self.parts if not module_exists(p.module)]
+        for part in missing:
+            self.say(f"  {part.name}: not built yet ({part.module} is missing), skipped")
+        self.parts = [p for p in self.parts if p not in missing]
+        taken = [p for p in self.parts if p.port and port_in_use(p.port)]
+        sink = any(p.name == "smtp-sink" for p in self.parts)
+        if sink and port_in_use(self.settings.smtp_port):
+            raise SuiteError(
+                f"port {self.settings.smtp_port} (SMTP_PORT) is already in use: stop what "
+                "listens there, or set SMTP_PORT / SMTP_HOST"
+            )
+        if taken:
+            names = ", ".join(f"{p.name} on {p.port}" for p in taken)
+            raise SuiteError(f"ports already in use: {names}. Stop what listens there first.")
+        try:
+            for part in self.parts:
+                self._spawn(part)
+            self._wait_ready(ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _spawn(self, part: Part) -> None:
+        logfile = (self.log_dir / f"{part.name}.log").open("ab")
+        env = dict(self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        part.process = subprocess.Popen(  # noqa: S603 - argv built above, no shell
+            part.argv,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the launcher, which stops the group
+        )
+        logfile.close()
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = [p for p in self.parts if p.port]
+        while pending:
+            for part in list(pending):
+                self._check_alive(part)
+                if http_status(f"{part.url}/ready") == 200:
+                    pending.remove(part)
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                names = ", ".join(p.name for p in pending)
+                raise SuiteError(
+                    f"not ready after {timeout:.0f} s: {names} (see {self.log_dir}/<part>.log)"
+                )
+            time.sleep(0.2)
+        for part in self.parts:
+            self._check_alive(part)
+
+    def _check_alive(self, part: Part) -> None:
+        assert part.process is not None
+        code = part.process.poll()
+        if code is not None:
+            raise SuiteError(
+                f"{part.name} exited with code {code} while starting. Its last lines:\n"
+                + self.tail(part.name)
+            )
+
+    # -- run and stop ----------------------------------------------------------------------
+
+    def tail(self, name: str, lines: int = 20) -> str:
+        """The last lines of a part's log."""
+        path = self.log_dir / f"{name}.log"
+        if not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def watch(self, poll: float = 0.5) -> int:
+        """Block until a part dies or :meth:`request_stop` is called; returns an exit code."""
+        while not self._stopping.wait(poll):
+            for part in self.parts:
+                assert part.process is not None
+                code = part.process.poll()
+                if code is not None:
+                    self.say(
+                        f"{part.name} stopped unexpectedly (exit code {code}); stopping the "
+                        f"suite. Its last lines:\n{self.tail(part.name)}"
+                    )
+                    return 1
+        return 0
+
+    def request_stop(self, *_: object) -> None:
+        """Ask :meth:`watch` to return (safe in a signal handler)."""
+        self._stopping.set()
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM every part (newest first), then SIGKILL whatever is left after ``grace``."""
+        running = [p for p in reversed(self.parts) if p.process and p.process.poll() is None]
+        for part in running:
+            _signal_group(part, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for part in running:
+            assert part.process is not None
+            try:
+                part.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.say(f"{part.name} did not stop within {grace:.0f} s; killing it")
+        for part in running:
+            _signal_group(part, signal.SIGKILL)  # the group: helpers a part may have forked
+            assert part.process is not None
+            part.process.wait()
+
+    def addresses(self) -> list[str]:
+        """One line per part: its name and address or role."""
+        lines = []
+        for part in self.parts:
+            where = part.url or (
+                f"smtp://127.0.0.1:{self.settings.smtp_port}"
+                if part.name == "smtp-sink"
+                else "worker"
+            )
+            lines.append(f"  {part.name:<22} {where}")
+        return lines
+
+
+def _signal_group(part: Part, sig: signal.Signals) -> None:
+    assert part.process is not None
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(part.process.pid, sig)
+
+
+def run_foreground(env: Mapping[str, str], say: Callable[[str], None]) -> int:
+    """``invoke run``: start the suite, print where it is, stop it all on Ctrl-C/SIGTERM."""
+    suite = Suite(env, say=say)
+    previous = {
+        sig: signal.signal(sig, suite.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        say("Starting EventPost...")
+        try:
+            suite.start()
+        except SuiteError as exc:
+            say(f"EventPost could not start: {exc}")
+            return 1
+        say("EventPost is running:")
+        for line in suite.addresses():
+            say(line)
+        say(f"Logs: {suite.log_dir}/<part>.log   Mail: {suite.settings.data_dir / 'mail'}")
+        say(f"API: http://127.0.0.1:{suite.settings.gateway_port}/v1   Ctrl-C stops it all.")
+        code = suite.watch()
+        say("Stopping EventPost...")
+        suite.stop()
+        say("Stopped.")
+        return code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m eventpost.launcher``: the same as ``invoke run`` once installed."""
+    return run_foreground(os.environ, say=lambda line: sys.stdout.write(line + "\n"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
