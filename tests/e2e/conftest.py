@@ -18,7 +18,13 @@ import pytest
 
 from eventpost.launcher import ROOT, Suite, free_port
 
-pytestmark = pytest.mark.e2e
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under tests/e2e is an e2e test (``-m "not e2e"`` leaves them out)."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.e2e)
 
 
 @dataclass
