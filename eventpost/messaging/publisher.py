@@ -1,0 +1,155 @@
+"""Publishing envelopes with publisher confirms."""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+
+from eventpost.messaging.envelope import Envelope
+from eventpost.messaging.topology import (
+    EXCHANGE,
+    close_quietly,
+    connection_parameters,
+    declare_exchange,
+    default_connection_name,
+)
+
+log = logging.getLogger(__name__)
+
+
+class PublishError(Exception):
+    """The broker did not take the message: it nacked it, or it could not be reached even
+    after one reconnect. The message may or may not have been delivered; publishing it again
+    is safe because consumers deduplicate by envelope id."""
+
+
+class Unroutable(PublishError):
+    """The broker took the message but no queue is bound to its routing key (it was
+    published ``mandatory`` and returned)."""
+
+
+# Connection or channel trouble: worth one reconnect. UnroutableError and NackError are
+# AMQPChannelErrors too, so they are caught before this.
+_CONNECTION_TROUBLE = (pika.exceptions.AMQPError, OSError)
+
+
+class Publisher:
+    """Publishes envelopes on the topic exchange with confirms, persistent and mandatory.
+
+    The connection is opened on the first :meth:`publish` (never at construction) and the
+    exchange declared then. :meth:`publish` returns only once the broker confirmed the
+    message. A lost connection is reopened once and the publish retried; a second failure
+    raises :class:`PublishError`.
+
+    Not thread-safe: pika's ``BlockingConnection`` belongs to one thread, so use one
+    Publisher per thread. Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        amqp_url: str,
+        *,
+        exchange: str = EXCHANGE,
+        connect_timeout: float = 5.0,
+        connection_name: str | None = None,
+    ) -> None:
+        self.amqp_url = amqp_url
+        self.exchange = exchange
+        self.connect_timeout = connect_timeout
+        self.connection_name = connection_name or default_connection_name("publisher")
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is open right now."""
+        return self._connection is not None and self._connection.is_open
+
+    def publish(self, envelope: Envelope, routing_key: str | None = None) -> None:
+        """Publish ``envelope`` with routing key ``routing_key`` (default: its type) and wait
+        for the broker's confirm. Raises :class:`Unroutable` when no queue is bound to the
+        key and :class:`PublishError` when the broker nacks or stays unreachable."""
+        key = routing_key or envelope.type
+        body = envelope.to_bytes()
+        properties = envelope.amqp_properties()
+        for attempt in (1, 2):
+            try:
+                channel = self._ensure_channel()
+                channel.basic_publish(
+                    exchange=self.exchange,
+                    routing_key=key,
+                    body=body,
+                    properties=properties,
+                    mandatory=True,
+                )
+                return
+            except pika.exceptions.UnroutableError as exc:
+                raise Unroutable(
+                    f"no queue is bound to {key!r} on exchange {self.exchange!r}"
+                ) from exc
+            except pika.exceptions.NackError as exc:
+                raise PublishError(f"the broker nacked message {envelope.id}") from exc
+            except _CONNECTION_TROUBLE as exc:
+                self._discard()
+                if attempt == 2:
+                    raise PublishError(f"could not publish message {envelope.id}: {exc!r}") from exc
+                log.warning(
+                    "publish failed, reconnecting once",
+                    extra={"error": repr(exc), "message_id": envelope.id},
+                )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def keepalive(self) -> None:
+        """Answer heartbeats on an idle open connection (a relay calls this while polling),
+        so the broker does not drop it. Never connects; a dead connection is dropped and the
+        next publish reconnects."""
+        if self._connection is None:
+            return
+        try:
+            self._connection.process_data_events(time_limit=0)
+        except _CONNECTION_TROUBLE as exc:
+            log.info("publisher connection lost while idle", extra={"error": repr(exc)})
+            self._discard()
+
+    def close(self) -> None:
+        """Close the connection, if one is open. The publisher can be used again after."""
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
+            close_quietly(connection)
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _ensure_channel(self) -> BlockingChannel:
+        if self._channel is not None and self._channel.is_open and self.connected:
+            return self._channel
+        self._discard()
+        params = connection_parameters(
+            self.amqp_url, self.connection_name, timeout=self.connect_timeout
+        )
+        connection = pika.BlockingConnection(params)
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            declare_exchange(channel, self.exchange)
+        except BaseException:
+            close_quietly(connection)
+            raise
+        self._connection, self._channel = connection, channel
+        return channel
+
+    def _discard(self) -> None:
+        """Forget a broken connection (closing it quietly if it is still half open)."""
+        self.close()
