@@ -1,0 +1,158 @@
+"""The events service's collections over the storage port, and the change stamp that keeps
+the read cache honest across threads and processes."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from eventpost.storage import (
+    AnyOf,
+    CollectionSpec,
+    DuplicateKey,
+    Near,
+    OutboxEvent,
+    Page,
+    Query,
+    Range,
+    Store,
+)
+from eventpost.timeutil import Clock, format_time, utcnow
+from services.events.domain import Search
+
+EVENTS = CollectionSpec(
+    "events",
+    indexes=(("starts_at",),),
+    array_fields=("topics",),
+    text_fields=("title", "description"),
+    geo_field="place",
+)
+#: One document (id ``events``) whose ``version`` the store bumps on every write to events:
+#: readers compare it to know whether what they cached is still current.
+CHANGES = CollectionSpec("events_changes")
+_STAMP_ID = "events"
+
+
+def store_query(search: Search, store_cursor: str | None) -> Query:
+    """The storage query of a validated search."""
+    where: dict[str, Any] = {}
+    if search.topics:
+        where["topics"] = AnyOf(search.topics)
+    if search.starts_from or search.starts_to:
+        where["starts_at"] = Range(gte=search.starts_from, lte=search.starts_to)
+    near = None
+    if search.near is not None:
+        near = Near(lat=search.near[0], lng=search.near[1], radius_km=search.radius_km)
+    sort = (("distance", 1), ("starts_at", 1)) if search.sort == "distance" else (("starts_at", 1),)
+    return Query(
+        where=where,
+        text=search.text,
+        near=near,
+        sort=sort,
+        limit=search.limit,
+        cursor=store_cursor,
+    )
+
+
+class EventRepository:
+    """The events collection of a store (opened on first use, so building the app connects
+    to nothing), with every write bumping the change stamp in the same transaction."""
+
+    def __init__(self, open_store: Callable[[], Store], clock: Clock = utcnow) -> None:
+        self._open = open_store
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        """The store (opened and its collections prepared on first use)."""
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    store = self._open()
+                    store.collection(EVENTS)
+                    changes = store.collection(CHANGES)
+                    if changes.get(_STAMP_ID) is None:
+                        # Another process may create it first.
+                        with contextlib.suppress(DuplicateKey):
+                            changes.insert({"id": _STAMP_ID, "changed_at": None})
+                    self._store = store
+        return self._store
+
+    @property
+    def _events(self):
+        return self.store.collection(EVENTS)
+
+    def ping(self) -> None:
+        """Raise when the store does not answer (``/ready``)."""
+        self.store.ping()
+
+    def close(self) -> None:
+        """Release the store's connections."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def stamp(self) -> int:
+        """The change stamp: it grows on every write to events."""
+        doc = self.store.collection(CHANGES).get(_STAMP_ID)
+        return int(doc["version"]) if doc else 0
+
+    def get(self, event_id: str) -> dict[str, Any] | None:
+        """The stored event, or None."""
+        return self._events.get(event_id)
+
+    def search(self, search: Search, store_cursor: str | None) -> Page:
+        """One page of the events a search finds."""
+        return self._events.find(store_query(search, store_cursor))
+
+    # -- writes --------------------------------------------------------------------------
+
+    def insert(self, doc: Mapping[str, Any], *, events: Sequence[OutboxEvent] = ()) -> dict:
+        """Store a new event with its outbox events."""
+        with self.store.transaction():
+            saved = self._events.insert(dict(doc), events=events)
+            self._bump()
+        return saved
+
+    def insert_many(self, docs: Sequence[Mapping[str, Any]]) -> int:
+        """Bulk load (``invoke populate --direct``): one transaction, no outbox events."""
+        with self.store.transaction():
+            for doc in docs:
+                self._events.insert(dict(doc))
+            self._bump()
+        return len(docs)
+
+    def update(
+        self,
+        event_id: str,
+        changes: Mapping[str, Any],
+        *,
+        expected_version: int,
+        events: Sequence[OutboxEvent] = (),
+    ) -> dict:
+        """Change an event; raises NotFound / VersionConflict."""
+        with self.store.transaction():
+            saved = self._events.update(
+                event_id, changes, expected_version=expected_version, events=events
+            )
+            self._bump()
+        return saved
+
+    def delete(
+        self, event_id: str, *, expected_version: int, events: Sequence[OutboxEvent] = ()
+    ) -> bool:
+        """Remove an event; False when there was none. Raises VersionConflict."""
+        with self.store.transaction():
+            gone = self._events.delete(event_id, expected_version=expected_version, events=events)
+            if gone:
+                self._bump()
+        return gone
+
+    def _bump(self) -> None:
+        self.store.collection(CHANGES).update(_STAMP_ID, {"changed_at": format_time(self._clock())})

@@ -1,0 +1,9 @@
+"""WSGI entry point: ``gunicorn services.events.wsgi:app`` (connects to nothing at import)."""
+
+from eventpost.logs import configure_logging
+from eventpost.settings import Settings
+from services.events.app import create_app
+
+settings = Settings.from_env("events")
+configure_logging("events", settings.log_level)
+app = create_app(settings)
