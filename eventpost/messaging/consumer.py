@@ -107,6 +107,12 @@ class _Delivery:
         return dict(self.properties.headers or {})
 
     @property
+    def original_routing_key(self) -> str:
+        """The key it was first published with (a retried message comes back from its delay
+        queue with the queue's name as routing key)."""
+        return str(self.headers.get(ORIGINAL_ROUTING_KEY_HEADER) or self.routing_key)
+
+    @property
     def attempt(self) -> int:
         raw = self.headers.get(ATTEMPT_HEADER, 1)
         try:
@@ -368,7 +374,11 @@ class Consumer:
             self._republish(
                 delivery,
                 retry_queue_name(self.queue, step),
-                {ATTEMPT_HEADER: delivery.attempt + 1, ERROR_HEADER: _describe(outcome.error)},
+                {
+                    ATTEMPT_HEADER: delivery.attempt + 1,
+                    ERROR_HEADER: _describe(outcome.error),
+                    ORIGINAL_ROUTING_KEY_HEADER: delivery.original_routing_key,
+                },
             )
         elif outcome.action == "park":
             self._republish(
@@ -378,7 +388,7 @@ class Consumer:
                     PARK_REASON_HEADER: outcome.reason,
                     ERROR_HEADER: _describe(outcome.error),
                     ATTEMPT_HEADER: delivery.attempt,
-                    ORIGINAL_ROUTING_KEY_HEADER: delivery.routing_key,
+                    ORIGINAL_ROUTING_KEY_HEADER: delivery.original_routing_key,
                 },
             )
         channel.basic_ack(delivery.tag)

@@ -27,6 +27,7 @@ from eventpost.logs import configure_logging, request_id_var
 from eventpost.messaging.consumer import backoff_delay
 from eventpost.messaging.envelope import Envelope, MalformedMessage
 from eventpost.messaging.publisher import Publisher, Unroutable
+from eventpost.messaging.topology import EXCHANGE
 from eventpost.storage.port import Store
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description="Publish a service's outbox to RabbitMQ.")
     parser.add_argument("--service", required=True, help="whose store: users, events, ...")
+    parser.add_argument("--exchange", default=EXCHANGE, help="exchange to publish on")
     args = parser.parse_args(argv)
     settings = Settings.from_env(args.service)
     configure_logging(f"{args.service}-relay", settings.log_level)
@@ -150,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         store = open_store(settings)
         publisher = Publisher(
             settings.amqp_url,
+            exchange=args.exchange,
             connection_name=f"eventpost-{args.service}-relay@{socket.gethostname()}:{os.getpid()}",
         )
         try:
