@@ -1,0 +1,1 @@
+"""EventPost's API gateway (Falcon ASGI): routing, edge auth, rate limits, upstream client."""

@@ -1,0 +1,47 @@
+"""``python -m gateway``: serve the gateway with uvicorn on GATEWAY_HOST:GATEWAY_PORT.
+
+SIGTERM / Ctrl-C stop it gracefully: uvicorn stops accepting, lets requests in flight finish
+(up to ``--graceful-timeout`` seconds), then the lifespan shutdown closes the upstream pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import uvicorn
+
+from eventpost.logs import configure_logging
+from eventpost.settings import Settings
+from gateway.app import create_app
+
+log = logging.getLogger("gateway")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the gateway in the foreground until SIGTERM / SIGINT."""
+    parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
+    parser.add_argument("--graceful-timeout", type=float, default=10.0)
+    args = parser.parse_args(argv)
+
+    settings = Settings.from_env("gateway")
+    configure_logging("gateway", settings.log_level)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        lifespan="on",
+        # The peer address is the client: never let X-Forwarded-For rewrite it here (the
+        # gateway is the edge; it sets that header itself for the services).
+        proxy_headers=False,
+        server_header=False,
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=args.graceful_timeout,
+    )
+    log.info("gateway listening on http://%s:%d", settings.gateway_host, settings.gateway_port)
+    uvicorn.Server(config).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Token checks at the edge: bearer tokens verified against the users service's JWKS.
+
+The key set is fetched through the gateway's own upstream client, kept, refetched when it is
+older than ``max_age`` and once when a token names an unknown ``kid``. Refetches are at most one
+per ``min_refetch_seconds`` and coalesced (concurrent requests wait for the same fetch), so a
+flood of tokens with random ``kid`` values costs the users service one request per interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from eventpost.auth import Claims, InvalidToken, KeySet, UnknownKey
+
+log = logging.getLogger("gateway.auth")
+
+
+class KeysUnavailable(Exception):
+    """No signing keys are known and the JWKS cannot be fetched now."""
+
+
+class EdgeVerifier:
+    """Verifies access tokens with a :class:`KeySet` kept from an async JWKS fetcher."""
+
+    def __init__(
+        self,
+        fetch_jwks: Callable[[], Awaitable[Mapping[str, Any]]],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        min_refetch_seconds: float = 5.0,
+        max_age: float = 300.0,
+    ) -> None:
+        self.keys = KeySet()
+        self._fetch = fetch_jwks
+        self._clock = clock
+        self._min_refetch = min_refetch_seconds
+        self._max_age = max_age
+        self._fetched_at: float | None = None  # time of the last attempt
+        self._loaded_at: float | None = None  # time of the last successful fetch
+        self._lock = asyncio.Lock()
+        self.fetches = 0
+
+    async def _refresh(self) -> None:
+        async with self._lock:
+            now = self._clock()
+            if self._fetched_at is not None and now - self._fetched_at < self._min_refetch:
+                return
+            self._fetched_at = now
+            self.fetches += 1
+            try:
+                self.keys.update(await self._fetch())
+                self._loaded_at = now
+            except Exception:
+                log.warning("could not fetch the JWKS of the users service", exc_info=True)
+
+    def _stale(self) -> bool:
+        return self._loaded_at is None or self._clock() - self._loaded_at > self._max_age
+
+    async def verify(self, token: str) -> Claims:
+        """The claims of a valid token; raises :class:`InvalidToken` (401) or
+        :class:`KeysUnavailable` (503: no key is known to check it with)."""
+        if self._stale():
+            await self._refresh()
+        try:
+            return self.keys.verify(token)
+        except UnknownKey:
+            await self._refresh()
+        if self._loaded_at is None:
+            raise KeysUnavailable("the users service's JWKS could not be fetched")
+        return self.keys.verify(token)
+
+
+__all__ = ["Claims", "EdgeVerifier", "InvalidToken", "KeysUnavailable", "UnknownKey"]

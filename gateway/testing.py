@@ -1,0 +1,265 @@
+"""Helpers to run the gateway and stand-in upstreams over real HTTP, for tests and the benchmark.
+
+- :class:`UvicornThread` serves an ASGI app (the gateway) with uvicorn in a thread, on a free
+  port of 127.0.0.1, lifespan included.
+- :class:`AiohttpThread` serves an :class:`aiohttp.web.Application` in a thread likewise.
+- :class:`FakeUpstream` is a small aiohttp service that records what reached it, echoes it, and
+  can be told to be unready, hang, drop connections or answer a given status; it also serves a
+  JWKS at ``/v1/auth/jwks`` like the users service.
+- :class:`TokenMint` makes Ed25519 keys and signs access tokens the way the users service does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+import uvicorn
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from eventpost.auth import AUDIENCE, ISSUER
+
+
+def bound_socket(host: str = "127.0.0.1") -> socket.socket:
+    """A listening TCP socket on a free port of ``host``."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+class UvicornThread:
+    """Runs an ASGI app under uvicorn in a background thread (``with UvicornThread(app) as s``,
+    then ``s.url``). The peer address is never taken from proxy headers."""
+
+    def __init__(self, app: Any, *, graceful_timeout: float = 2.0) -> None:
+        self.sock = bound_socket()
+        host, port = self.sock.getsockname()
+        self.url = f"http://{host}:{port}"
+        config = uvicorn.Config(
+            app,
+            lifespan="on",
+            proxy_headers=False,
+            access_log=False,
+            log_config=None,
+            server_header=False,
+            timeout_graceful_shutdown=graceful_timeout,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+
+    def start(self) -> UvicornThread:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+    def __enter__(self) -> UvicornThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class AiohttpThread:
+    """Serves an aiohttp application in a background thread with its own event loop."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.sock = bound_socket()
+        host, port = self.sock.getsockname()
+        self.url = f"http://{host}:{port}"
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._runner: web.AppRunner | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+
+        async def setup() -> None:
+            self._runner = web.AppRunner(
+                self.app, shutdown_timeout=0.2, handler_cancellation=True, access_log=None
+            )
+            await self._runner.setup()
+            await web.SockSite(self._runner, self.sock).start()
+
+        self.loop.run_until_complete(setup())
+        self._ready.set()
+        self.loop.run_forever()
+        assert self._runner is not None
+        self.loop.run_until_complete(self._runner.cleanup())
+        self.loop.close()
+
+    def start(self) -> AiohttpThread:
+        self.thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the aiohttp server did not start")
+        return self
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+    def __enter__(self) -> AiohttpThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class Seen:
+    """One request as the fake upstream received it."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class FakeUpstream:
+    """A stand-in service. Paths it knows, under any prefix:
+
+    - ``GET /ready`` answers ``ready_status``;
+    - ``GET /v1/auth/jwks`` answers ``jwks`` (and counts ``jwks_fetches``);
+    - ``.../hang`` sleeps ``hang_seconds`` before answering;
+    - ``.../drop`` closes the connection without answering while ``drops_left`` > 0;
+    - ``.../status/<code>`` answers that status with ``WWW-Authenticate``/``Retry-After``;
+    - anything else echoes the request as JSON, with an ``ETag`` and a ``Location``.
+    Every request except ``/ready`` and the JWKS is appended to ``seen``."""
+
+    name: str = "upstream"
+    ready_status: int = 200
+    jwks: dict[str, Any] = field(default_factory=lambda: {"keys": []})
+    jwks_fetches: int = 0
+    hang_seconds: float = 30.0
+    drops_left: int = 0
+    seen: list[Seen] = field(default_factory=list)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        return app
+
+    def hits(self, suffix: str) -> int:
+        """How many recorded requests had a path ending in ``suffix``."""
+        return sum(1 for s in self.seen if s.path.endswith(suffix))
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.raw_path.split("?", 1)[0]
+        if path == "/ready":
+            return web.json_response({"ready": self.ready_status == 200}, status=self.ready_status)
+        if path == "/v1/auth/jwks":
+            self.jwks_fetches += 1
+            return web.json_response(self.jwks)
+        body = await request.read()
+        self.seen.append(
+            Seen(request.method, path, request.query_string, dict(request.headers), body)
+        )
+        if path.endswith("/hang"):
+            await asyncio.sleep(self.hang_seconds)
+        if path.endswith("/drop") and self.drops_left > 0:
+            self.drops_left -= 1
+            assert request.transport is not None
+            request.transport.close()
+            raise asyncio.CancelledError
+        parts = path.rstrip("/").split("/")
+        if len(parts) >= 2 and parts[-2] == "status":
+            return web.json_response(
+                {"status": int(parts[-1])},
+                status=int(parts[-1]),
+                headers={"WWW-Authenticate": "Bearer", "Retry-After": "7"},
+            )
+        return web.json_response(
+            {
+                "upstream": self.name,
+                "method": request.method,
+                "path": path,
+                "query": request.query_string,
+                "body": body.decode("utf-8", "replace"),
+                "headers": dict(request.headers),
+            },
+            headers={
+                "ETag": '"v1"',
+                "Location": path + "/new",
+                "X-Request-ID": request.headers.get("X-Request-ID", ""),
+                "Keep-Alive": "timeout=5",
+                "X-Upstream-Secret": "internal",
+            },
+        )
+
+
+class TokenMint:
+    """Signs access tokens with a fresh Ed25519 key, like the users service does."""
+
+    def __init__(self, kid: str | None = None) -> None:
+        self.kid = kid or uuid.uuid4().hex[:12]
+        self.key = Ed25519PrivateKey.generate()
+
+    def jwk(self) -> dict[str, Any]:
+        jwk = jwt.algorithms.OKPAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
+        jwk.update({"kid": self.kid, "use": "sig", "alg": "EdDSA"})
+        return jwk
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [self.jwk()]}
+
+    def token(
+        self,
+        sub: str = "user-1",
+        role: str = "user",
+        *,
+        ttl: float = 300,
+        now: Callable[[], float] = time.time,
+        kid: str | None = None,
+        **claims: Any,
+    ) -> str:
+        issued = int(now())
+        payload = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": sub,
+            "role": role,
+            "iat": issued,
+            "exp": issued + int(ttl),
+            "jti": uuid.uuid4().hex,
+        }
+        payload.update(claims)
+        return jwt.encode(payload, self.key, algorithm="EdDSA", headers={"kid": kid or self.kid})
+
+
+class ManualClock:
+    """A monotonic clock that moves only when told (``clock.advance(seconds)``)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

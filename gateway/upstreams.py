@@ -1,0 +1,300 @@
+"""The gateway's side of its upstreams: where they are (discovery, round-robin), whether to try
+them at all (a circuit breaker each), and the pooled keep-alive HTTP client that calls them
+(timeouts, retries only where a retry is safe)."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from eventpost.discovery import Discovery
+
+log = logging.getLogger("gateway.upstreams")
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
+@dataclass(frozen=True)
+class UpstreamPolicy:
+    """How the gateway treats one upstream.
+
+    ``retries`` extra tries go to the next instance: after a connection that could not be made
+    (nothing reached the upstream) for any method, after a connection lost mid-request only for
+    idempotent methods; a timeout is never retried (it would double the wait).
+    ``keepalive_timeout`` must stay below the upstream server's own keep-alive (gunicorn: 2 s),
+    so a pooled connection is never reused just as the server closes it."""
+
+    connect_timeout: float = 2.0
+    total_timeout: float = 10.0
+    retries: int = 1
+    breaker_failures: int = 5
+    breaker_cooldown: float = 10.0
+    ready_timeout: float = 2.0
+
+
+class BreakerState(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """Opens after ``failures`` consecutive transport failures; after ``cooldown`` seconds lets
+    one trial request through (half-open): its success closes the circuit, its failure opens it
+    again. A trial that never reports back frees its slot after another ``cooldown``."""
+
+    def __init__(self, failures: int, cooldown: float, clock: Callable[[], float]) -> None:
+        self.threshold = max(1, failures)
+        self.cooldown = cooldown
+        self.clock = clock
+        self.state = BreakerState.CLOSED
+        self.consecutive_failures = 0
+        self._opened_at = 0.0
+        self._trial_started: float | None = None
+
+    def allow(self) -> bool:
+        """Whether a request may be sent now (in half-open state, claims the trial)."""
+        if self.state is BreakerState.CLOSED:
+            return True
+        now = self.clock()
+        if self.state is BreakerState.OPEN:
+            if now - self._opened_at < self.cooldown:
+                return False
+            self.state = BreakerState.HALF_OPEN
+            self._trial_started = now
+            return True
+        if self._trial_started is None or now - self._trial_started >= self.cooldown:
+            self._trial_started = now
+            return True
+        return False
+
+    def retry_after(self) -> int:
+        """Whole seconds until the breaker will let a trial through."""
+        if self.state is BreakerState.OPEN:
+            left = self.cooldown - (self.clock() - self._opened_at)
+            return max(1, int(left + 0.999))
+        return 1
+
+    def record_success(self) -> None:
+        self.state = BreakerState.CLOSED
+        self.consecutive_failures = 0
+        self._trial_started = None
+
+    def record_failure(self) -> None:
+        self.consecutive_failures += 1
+        if self.state is BreakerState.HALF_OPEN or self.consecutive_failures >= self.threshold:
+            if self.state is not BreakerState.OPEN:
+                log.warning(
+                    "circuit opened after %d consecutive failures", self.consecutive_failures
+                )
+            self.state = BreakerState.OPEN
+            self._opened_at = self.clock()
+            self._trial_started = None
+
+    def release_trial(self) -> None:
+        """The trial request ended without a verdict (cancelled): let another one try."""
+        if self.state is BreakerState.HALF_OPEN:
+            self._trial_started = None
+
+
+class UpstreamError(Exception):
+    """The gateway could not get an answer: ``status`` is 502, 503 or 504."""
+
+    def __init__(self, status: int, detail: str, *, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+@dataclass
+class UpstreamResponse:
+    """An upstream's answer, read in full."""
+
+    status: int
+    headers: CIMultiDictProxy[str] | CIMultiDict[str]
+    body: bytes
+    seconds: float = 0.0
+
+
+@dataclass
+class Upstream:
+    """One upstream service: its policy, its breaker and a round-robin over its instances."""
+
+    name: str
+    policy: UpstreamPolicy
+    breaker: CircuitBreaker
+    timeout: aiohttp.ClientTimeout = field(init=False)
+    _turn: itertools.count = field(default_factory=itertools.count)
+
+    def __post_init__(self) -> None:
+        self.timeout = aiohttp.ClientTimeout(
+            total=self.policy.total_timeout,
+            connect=self.policy.connect_timeout,
+            sock_connect=self.policy.connect_timeout,
+        )
+
+    def pick(self, instances: list[str]) -> str:
+        """The next instance, round-robin."""
+        return instances[next(self._turn) % len(instances)]
+
+
+# Errors raised before any byte of the request left: safe to retry for any method.
+_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+
+class UpstreamClient:
+    """Calls the upstream services through one pooled keep-alive :class:`aiohttp.ClientSession`.
+
+    The session is made by :meth:`start` (ASGI lifespan startup, inside the server's event loop)
+    and closed by :meth:`close`; nothing is opened at construction."""
+
+    def __init__(
+        self,
+        discovery: Discovery,
+        names: Iterable[str],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        default_policy: UpstreamPolicy | None = None,
+        policies: Mapping[str, UpstreamPolicy] | None = None,
+        observe: Callable[[str, float], None] | None = None,
+        keepalive_timeout: float = 1.0,
+    ) -> None:
+        self.discovery = discovery
+        default_policy = default_policy or UpstreamPolicy()
+        policies = policies or {}
+        self.upstreams: dict[str, Upstream] = {}
+        for name in names:
+            policy = policies.get(name, default_policy)
+            breaker = CircuitBreaker(policy.breaker_failures, policy.breaker_cooldown, clock)
+            self.upstreams[name] = Upstream(name, policy, breaker)
+        self._observe = observe or (lambda name, seconds: None)
+        self._keepalive = keepalive_timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Open the connection pool (call from inside the running event loop)."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=512,
+                limit_per_host=0,
+                keepalive_timeout=self._keepalive,
+                ttl_dns_cache=60,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            )
+
+    async def close(self) -> None:
+        """Close the pool (ASGI lifespan shutdown)."""
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("the upstream client has not been started")
+        return self._session
+
+    def _instances(self, name: str) -> list[str]:
+        try:
+            found = self.discovery.instances(name)
+        except LookupError:
+            found = []
+        if not found:
+            raise UpstreamError(503, f"No instance of the {name} service is available.")
+        return found
+
+    async def request(
+        self,
+        name: str,
+        method: str,
+        target: str,
+        headers: Mapping[str, str],
+        body: bytes | None = None,
+    ) -> UpstreamResponse:
+        """Send ``method target`` (an already percent-encoded path and query) to upstream
+        ``name`` and read its whole answer; raises :class:`UpstreamError` (502/503/504)."""
+        upstream = self.upstreams[name]
+        breaker = upstream.breaker
+        if not breaker.allow():
+            raise UpstreamError(
+                503,
+                f"The {name} service is failing; requests to it are paused.",
+                retry_after=breaker.retry_after(),
+            )
+        tries = 1 + max(0, upstream.policy.retries)
+        idempotent = method in IDEMPOTENT_METHODS
+        try:
+            for attempt in range(tries):
+                base = upstream.pick(self._instances(name))
+                started = time.perf_counter()
+                try:
+                    async with self.session.request(
+                        method,
+                        URL(base + target, encoded=True),
+                        headers=headers,
+                        data=body or None,
+                        timeout=upstream.timeout,
+                        allow_redirects=False,
+                    ) as resp:
+                        data = await resp.read()
+                        elapsed = time.perf_counter() - started
+                        breaker.record_success()
+                        self._observe(name, elapsed)
+                        return UpstreamResponse(resp.status, resp.headers, data, elapsed)
+                except _NOT_SENT as exc:
+                    breaker.record_failure()
+                    last: UpstreamError = UpstreamError(
+                        502, f"The {name} service could not be reached."
+                    )
+                    log.warning("%s: cannot connect to %s: %s", name, base, exc)
+                    retry = True
+                except TimeoutError:
+                    breaker.record_failure()
+                    log.warning("%s: %s %s timed out at %s", name, method, target, base)
+                    raise UpstreamError(
+                        504, f"The {name} service did not answer in time."
+                    ) from None
+                except aiohttp.ClientError as exc:
+                    breaker.record_failure()
+                    last = UpstreamError(502, f"The {name} service failed to answer.")
+                    log.warning("%s: %s %s failed at %s: %r", name, method, target, base, exc)
+                    retry = idempotent
+                if not retry or attempt == tries - 1 or breaker.state is BreakerState.OPEN:
+                    raise last
+            raise AssertionError("unreachable")  # pragma: no cover
+        except asyncio.CancelledError:
+            breaker.release_trial()
+            raise
+
+    async def ready(self, name: str) -> bool:
+        """Whether at least one instance of ``name`` answers ``GET /ready`` with 200."""
+        upstream = self.upstreams[name]
+        try:
+            instances = self.discovery.instances(name)
+        except LookupError:
+            return False
+        timeout = aiohttp.ClientTimeout(total=upstream.policy.ready_timeout)
+        for base in instances:
+            try:
+                async with self.session.get(base + "/ready", timeout=timeout) as resp:
+                    await resp.read()
+                    if resp.status == 200:
+                        return True
+            except (aiohttp.ClientError, TimeoutError):
+                continue
+        return False
