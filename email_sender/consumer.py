@@ -1,0 +1,307 @@
+"""The email-sender's RabbitMQ side: one message in, one email out, its outcome reported.
+
+:class:`EmailSender` is the handler a :class:`~eventpost.messaging.Consumer` calls for each
+message of the queue (``email-sender.jobs`` by default, bound to ``user.created``,
+``user.email_added`` and ``email.send``):
+
+1. The message becomes a job (:func:`email_sender.handlers.job_from_message`); a message that
+   cannot raises :class:`~eventpost.messaging.PermanentError`, so it is parked at once.
+2. A job whose idempotency key the delivery log (:mod:`email_sender.dedupe`) knows as sent is
+   not sent again; its ``email.sent`` is published again (it may have been lost). The same
+   for a job the server refused for good (``email.failed`` again).
+3. The email is built and handed to SMTP (:class:`email_sender.mailer.SmtpMailer`).
+   - Accepted: logged as sent, ``email.sent`` published (jobs with a ``correlation``), acked.
+   - 5xx: logged as failed, ``email.failed`` with the reply code and text published, acked:
+     never retried.
+   - 4xx, timeout, connection trouble: :class:`~email_sender.mailer.TemporaryMailError`
+     propagates, so the consumer retries through its delay queues; after the last attempt
+     :meth:`EmailSender.on_exhausted` publishes ``email.failed`` and the message is parked.
+
+Outcome envelopes get an id derived from the idempotency key and the outcome, so a repeated
+report of the same outcome is recognisable as such by its consumer.
+
+Everything an :class:`EmailSender` opens (store, SMTP connection, publisher) is opened lazily
+in the consumer's handler thread, the one thread that calls :meth:`~EmailSender.handle` and
+:meth:`~EmailSender.on_exhausted`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from email_sender.dedupe import FAILED, SENT, DeliveryLog
+from email_sender.handlers import (
+    InvalidJob,
+    Job,
+    build_email,
+    envelope_sender,
+    job_from_message,
+    message_id_for,
+)
+from email_sender.mailer import PermanentMailError, SmtpMailer
+from eventpost import contracts
+from eventpost.messaging import (
+    EXCHANGE,
+    Consumer,
+    Envelope,
+    PermanentError,
+    Publisher,
+    Unroutable,
+    attempt_var,
+)
+from eventpost.settings import Settings
+from eventpost.storage import Store, open_store
+from eventpost.timeutil import Clock, format_time, utcnow
+
+log = logging.getLogger(__name__)
+
+#: The email-sender's queue and what it is bound to.
+QUEUE = "email-sender.jobs"
+BINDINGS = (contracts.USER_CREATED, contracts.USER_EMAIL_ADDED, contracts.EMAIL_SEND)
+#: The email-sender's store (``DATA_DIR/email_sender.sqlite3`` or ``eventpost_email_sender``).
+STORE_NAME = "email_sender"
+#: How long the delivery log remembers a job, and how often it is pruned.
+KEEP_DELIVERIES = timedelta(days=7)
+PRUNE_EVERY = timedelta(hours=1)
+
+
+def _outcome_id(kind: str, key: str) -> str:
+    return hashlib.sha256(f"{kind}\x00{key}".encode()).hexdigest()[:32]
+
+
+class EmailSender:
+    """Handles email messages (see the module docstring).
+
+    ``mailer``: delivers; ``store_factory()``: opens the store of the delivery log;
+    ``publisher_factory()``: a :class:`Publisher` for outcomes (on the exchange the jobs
+    came from); ``mail_from``: the From header; ``max_attempts``: the consumer's (reported
+    in ``email.failed`` when retries run out); ``clock``: the current time.
+    """
+
+    def __init__(
+        self,
+        *,
+        mailer: SmtpMailer,
+        store_factory: Callable[[], Store],
+        publisher_factory: Callable[[], Publisher],
+        mail_from: str,
+        max_attempts: int,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.mailer = mailer
+        self.mail_from = mail_from
+        self.max_attempts = max_attempts
+        self._store_factory = store_factory
+        self._publisher_factory = publisher_factory
+        self._clock = clock
+        self._store: Store | None = None
+        self._log: DeliveryLog | None = None
+        self._publisher: Publisher | None = None
+        self._last_prune: datetime | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, exchange: str = EXCHANGE, max_attempts: int | None = None
+    ) -> EmailSender:
+        """An EmailSender for the SMTP server, store and broker of ``settings``."""
+        return cls(
+            mailer=SmtpMailer.from_settings(settings),
+            store_factory=lambda: open_store(settings, STORE_NAME),
+            publisher_factory=lambda: Publisher(settings.amqp_url, exchange=exchange),
+            mail_from=settings.mail_from,
+            max_attempts=max_attempts or len(settings.retry_delays) + 1,
+        )
+
+    # -- the handler -------------------------------------------------------------------
+
+    def handle(self, envelope: Envelope) -> None:
+        """Deliver the email ``envelope`` asks for (the consumer's handler)."""
+        attempt = attempt_var.get() or 1
+        try:
+            job = job_from_message(envelope.type, envelope.payload)
+        except InvalidJob as exc:
+            raise PermanentError(str(exc)) from exc
+        info = {"idempotency_key": job.idempotency_key, "attempt": attempt}
+        deliveries = self._deliveries()
+        known = deliveries.get(job.idempotency_key)
+        if known is not None and known.status == SENT:
+            log.info("duplicate job, already sent; reporting again", extra=info)
+            self._report_sent(
+                envelope, job, known.message_id or "", known.sent_at or "", known.attempts
+            )
+            return
+        if known is not None and known.status == FAILED and known.permanent:
+            log.info("duplicate job, refused for good before; reporting again", extra=info)
+            self._report_failed(
+                envelope,
+                job.to,
+                job.idempotency_key,
+                job.correlation,
+                PermanentMailError(known.error or "refused"),
+                known.attempts,
+            )
+            return
+        try:
+            msg = build_email(
+                job, mail_from=self.mail_from, now=self._clock(), request_id=envelope.request_id
+            )
+        except InvalidJob as exc:
+            raise PermanentError(str(exc)) from exc
+        message_id = str(msg["Message-ID"])
+        if known is not None:
+            # A previous attempt got as far as SMTP: it failed, or its worker died (then
+            # the server may have the message already; see email_sender.dedupe).
+            log.info("job seen before, sending again", extra={**info, "was": known.status})
+        deliveries.begin(job.idempotency_key, message_id, attempt, known)
+        try:
+            self.mailer.send(msg, sender=envelope_sender(self.mail_from))
+        except PermanentMailError as exc:
+            log.warning(
+                "SMTP refused the email for good; not retrying",
+                extra={**info, "smtp_code": exc.code, "error": str(exc)},
+            )
+            deliveries.failed(job.idempotency_key, str(exc), attempt, permanent=True)
+            self._report_failed(
+                envelope, job.to, job.idempotency_key, job.correlation, exc, attempt
+            )
+            return
+        sent_at = self._clock()
+        deliveries.sent(job.idempotency_key, message_id, attempt, sent_at)
+        log.info(
+            "email sent",
+            extra={**info, "smtp_message_id": message_id, "to_domain": job.to.rpartition("@")[2]},
+        )
+        self._report_sent(envelope, job, message_id, format_time(sent_at), attempt)
+        self._maybe_prune()
+
+    def on_exhausted(self, envelope: Envelope, error: BaseException) -> None:
+        """The consumer gave the message up (out of retries, or it can never be sent):
+        record it and publish ``email.failed`` when the job has a ``correlation``."""
+        payload = envelope.payload if isinstance(envelope.payload, Mapping) else {}
+        attempt = attempt_var.get() or self.max_attempts
+        try:
+            job: Job | None = job_from_message(envelope.type, payload)
+        except InvalidJob:
+            job = None
+        key = job.idempotency_key if job else payload.get("idempotency_key")
+        to = job.to if job else payload.get("to")
+        correlation = job.correlation if job else payload.get("correlation")
+        log.error(
+            "email given up",
+            extra={"idempotency_key": key, "attempt": attempt, "error": repr(error)},
+        )
+        if job is not None and not isinstance(error, PermanentError):
+            self._deliveries().failed(job.idempotency_key, _reason(error), attempt, permanent=False)
+        self._report_failed(envelope, to, key, correlation, error, attempt)
+
+    def close(self) -> None:
+        """Close the SMTP connection, the publisher and the store."""
+        self.mailer.close()
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
+        if self._store is not None:
+            self._store.close()
+            self._store = self._log = None
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _deliveries(self) -> DeliveryLog:
+        if self._log is None:
+            self._store = self._store_factory()
+            self._log = DeliveryLog(self._store, clock=self._clock)
+        return self._log
+
+    def _maybe_prune(self) -> None:
+        now = self._clock()
+        if self._last_prune is not None and now - self._last_prune < PRUNE_EVERY:
+            return
+        self._last_prune = now
+        removed = self._deliveries().prune(KEEP_DELIVERIES)
+        if removed:
+            log.info("delivery log pruned", extra={"removed": removed})
+
+    def _report_sent(
+        self, envelope: Envelope, job: Job, message_id: str, sent_at: str, attempts: int
+    ) -> None:
+        if job.correlation is None:
+            return
+        payload = {
+            "idempotency_key": job.idempotency_key,
+            "to": job.to,
+            "correlation": dict(job.correlation),
+            "attempts": attempts,
+            "message_id": message_id or message_id_for(job.idempotency_key, self.mail_from),
+            "sent_at": sent_at,
+        }
+        self._publish(envelope, contracts.EMAIL_SENT, job.idempotency_key, payload)
+
+    def _report_failed(
+        self,
+        envelope: Envelope,
+        to: Any,
+        key: Any,
+        correlation: Any,
+        error: BaseException,
+        attempts: int,
+    ) -> None:
+        if not isinstance(correlation, Mapping) or not isinstance(key, str):
+            return
+        payload = {
+            "idempotency_key": key,
+            "to": to if isinstance(to, str) else "",
+            "correlation": dict(correlation),
+            "attempts": attempts,
+            "error": _reason(error),
+        }
+        self._publish(envelope, contracts.EMAIL_FAILED, key, payload)
+
+    def _publish(self, source: Envelope, kind: str, key: str, payload: dict[str, Any]) -> None:
+        outcome = Envelope.new(
+            kind,
+            payload,
+            request_id=source.request_id,
+            clock=self._clock,
+            id_factory=lambda: _outcome_id(kind, key),
+        )
+        if self._publisher is None:
+            self._publisher = self._publisher_factory()
+        try:
+            self._publisher.publish(outcome)
+        except Unroutable:
+            # Nobody subscribes to outcomes (e.g. notifications is not deployed): the email
+            # itself is done, so this is no reason to retry it.
+            log.warning("no queue takes %s; outcome dropped", kind, extra={"idempotency_key": key})
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, PermanentError) and error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error) or type(error).__name__
+    return text[:1000]
+
+
+def make_consumer(
+    settings: Settings,
+    sender: EmailSender,
+    *,
+    queue: str = QUEUE,
+    bindings: Sequence[str] = BINDINGS,
+    exchange: str = EXCHANGE,
+    prefetch: int = 10,
+) -> Consumer:
+    """The consumer that feeds ``sender`` from ``queue`` (retry delays from ``settings``)."""
+    return Consumer(
+        settings.amqp_url,
+        queue,
+        bindings,
+        sender.handle,
+        retry_delays=settings.retry_delays,
+        prefetch=prefetch,
+        on_exhausted=sender.on_exhausted,
+        exchange=exchange,
+    )
