@@ -445,7 +445,8 @@ class Gateway:
     app: falcon.asgi.App
     client: UpstreamClient
     verifier: EdgeVerifier
-    limiter: RateLimiter
+    limiter: RateLimiter  # per client address
+    subject_limiter: RateLimiter  # per authenticated subject
     metrics: GatewayMetrics
 
 
@@ -511,6 +512,7 @@ def build_gateway(
 
     verifier = EdgeVerifier(fetch_jwks, clock=clock, min_refetch_seconds=jwks_min_refetch)
     limiter = RateLimiter(settings.gateway_rate_limit, settings.gateway_rate_burst, clock)
+    subject_limiter = RateLimiter(settings.gateway_rate_limit, settings.gateway_rate_burst, clock)
     origins = settings.gateway_cors_origins
     cors = falcon.CORSMiddleware(
         allow_origins="*" if "*" in origins else origins,
@@ -530,5 +532,5 @@ def build_gateway(
     app.add_route("/health", HealthResource())
     app.add_route("/ready", ReadyResource(client))
     app.add_route("/metrics", MetricsResource(registry))
-    app.add_sink(Proxy(settings, client, verifier, limiter, metrics).handle, r"^/v1/")
-    return Gateway(app, client, verifier, limiter, metrics)
+    app.add_sink(Proxy(settings, client, verifier, subject_limiter, metrics).handle, r"^/v1/")
+    return Gateway(app, client, verifier, limiter, subject_limiter, metrics)

@@ -12,13 +12,17 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 import uvicorn
@@ -26,6 +30,9 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from eventpost.auth import AUDIENCE, ISSUER
+from eventpost.settings import Settings
+from gateway.app import Gateway, build_gateway
+from gateway.upstreams import UpstreamPolicy
 
 
 def bound_socket(host: str = "127.0.0.1") -> socket.socket:
@@ -170,16 +177,14 @@ class FakeUpstream:
         return sum(1 for s in self.seen if s.path.endswith(suffix))
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        path = request.raw_path.split("?", 1)[0]
+        path, _, query = request.raw_path.partition("?")
         if path == "/ready":
             return web.json_response({"ready": self.ready_status == 200}, status=self.ready_status)
         if path == "/v1/auth/jwks":
             self.jwks_fetches += 1
             return web.json_response(self.jwks)
         body = await request.read()
-        self.seen.append(
-            Seen(request.method, path, request.query_string, dict(request.headers), body)
-        )
+        self.seen.append(Seen(request.method, path, query, dict(request.headers), body))
         if path.endswith("/hang"):
             await asyncio.sleep(self.hang_seconds)
         if path.endswith("/drop") and self.drops_left > 0:
@@ -199,7 +204,7 @@ class FakeUpstream:
                 "upstream": self.name,
                 "method": request.method,
                 "path": path,
-                "query": request.query_string,
+                "query": query,
                 "body": body.decode("utf-8", "replace"),
                 "headers": dict(request.headers),
             },
@@ -263,3 +268,122 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@dataclass
+class Answer:
+    """A plain HTTP answer (status, headers, body)."""
+
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def call(
+    base: str,
+    method: str,
+    path: str,
+    *,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    chunked: bool = False,
+) -> Answer:
+    """One HTTP request to ``base`` (``http://host:port``) on a fresh connection; ``path`` is
+    sent exactly as given. ``chunked`` sends the body without a Content-Length."""
+    parts = urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
+    try:
+        if chunked:
+            conn.request(
+                method, path, body=iter([body or b""]), headers=headers or {}, encode_chunked=True
+            )
+        else:
+            conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return Answer(resp.status, resp.headers, resp.read())
+    finally:
+        conn.close()
+
+
+def closed_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on (just released)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+class FakeServices:
+    """Three :class:`FakeUpstream` servers (users, events, notifications) in threads; the users
+    one serves the JWKS of ``mint``. Use as a context manager."""
+
+    NAMES = ("users", "events", "notifications")
+
+    def __init__(self) -> None:
+        self.mint = TokenMint()
+        self.fakes = {name: FakeUpstream(name) for name in self.NAMES}
+        self.servers: dict[str, AiohttpThread] = {}
+        self.reset()
+
+    @property
+    def users(self) -> FakeUpstream:
+        return self.fakes["users"]
+
+    @property
+    def events(self) -> FakeUpstream:
+        return self.fakes["events"]
+
+    @property
+    def notifications(self) -> FakeUpstream:
+        return self.fakes["notifications"]
+
+    def ports(self) -> dict[str, int]:
+        return {name: int(s.url.rsplit(":", 1)[1]) for name, s in self.servers.items()}
+
+    def reset(self) -> None:
+        """Forget what was seen and undo every fault."""
+        for fake in self.fakes.values():
+            fake.seen.clear()
+            fake.ready_status = 200
+            fake.drops_left = 0
+            fake.jwks_fetches = 0
+        self.users.jwks = self.mint.jwks()
+
+    def __enter__(self) -> FakeServices:
+        for name, fake in self.fakes.items():
+            self.servers[name] = AiohttpThread(fake.app()).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for server in self.servers.values():
+            server.stop()
+
+
+@contextmanager
+def running_gateway(
+    services: FakeServices,
+    *,
+    ports: Mapping[str, int] | None = None,
+    clock: Callable[[], float] | None = None,
+    policies: Mapping[str, UpstreamPolicy] | None = None,
+    jwks_min_refetch: float = 5.0,
+    **changes: Any,
+) -> Iterator[tuple[str, Gateway]]:
+    """A gateway under uvicorn in front of ``services`` (``ports`` overrides some upstream
+    ports; ``changes`` are Settings fields); yields ``(base_url, parts)``."""
+    settings = Settings(service="gateway").with_(
+        service_ports={"gateway": 0, **services.ports(), **(ports or {})}, **changes
+    )
+    gw = build_gateway(
+        settings,
+        clock=clock or ManualClock(),
+        policies=policies,
+        jwks_min_refetch=jwks_min_refetch,
+    )
+    with UvicornThread(gw.app) as server:
+        yield server.url, gw
