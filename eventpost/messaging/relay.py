@@ -30,7 +30,8 @@ from eventpost.messaging.publisher import Publisher, Unroutable
 from eventpost.messaging.topology import EXCHANGE
 from eventpost.storage.port import Store
 
-log = logging.getLogger(__name__)
+# Named explicitly: under `python -m` this module is __main__.
+log = logging.getLogger("eventpost.messaging.relay")
 
 
 class OutboxRelay:
@@ -112,6 +113,7 @@ class OutboxRelay:
     def run(self, stop: threading.Event) -> None:
         """Relay until ``stop`` is set: poll every ``poll_interval`` while the outbox is
         empty, go straight on while it is full, back off (bounded, jittered) on errors."""
+        log.info("outbox relay started", extra={"owner": self.owner})
         failures = 0
         while not stop.is_set():
             try:

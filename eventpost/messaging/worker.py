@@ -24,10 +24,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from eventpost.messaging.consumer import Consumer
-from eventpost.messaging.relay import OutboxRelay
+if TYPE_CHECKING:
+    from eventpost.messaging.consumer import Consumer
+    from eventpost.messaging.relay import OutboxRelay
 
 log = logging.getLogger(__name__)
 
