@@ -1,0 +1,1 @@
+"""The notifications service: email reminders for events, their dispatcher and consumers."""

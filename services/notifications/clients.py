@@ -1,0 +1,124 @@
+"""Calls from the notifications service to the users and events services.
+
+Why calls and not a local read model: creating or changing a reminder needs two facts that
+must be *current* — the event exists (and where it starts now) and the address is one of the
+caller's *verified* addresses. A read model fed by domain events would lag behind a
+verification the user has just made, and would need every user's addresses copied here. The
+calls happen only at create/patch time (a human is waiting, with a 2 s timeout each and a 503
+problem when an upstream is down); what the dispatcher needs at send time (title, start, place)
+is kept on the reminder as a snapshot and refreshed by ``event.updated``, so sending never
+depends on another service being up.
+
+Both calls forward the caller's own ``Authorization`` and ``X-Request-ID``; addresses come
+from :mod:`eventpost.discovery`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import falcon
+
+from eventpost.discovery import Discovery
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 2.0
+_SANE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+class UnknownEvent(LookupError):
+    """The events service does not know that event."""
+
+
+class Upstreams(Protocol):
+    """What the notifications service asks other services (tests may pass their own)."""
+
+    def get_event(self, event_id: str, *, request_id: str | None) -> dict[str, Any]:
+        """The event's JSON; raises :class:`UnknownEvent`, or a 503 ``falcon.HTTPError``."""
+
+    def get_me(self, authorization: str, *, request_id: str | None) -> dict[str, Any]:
+        """The caller's user JSON (``GET /v1/users/me`` with the caller's token)."""
+
+
+def _unavailable(service: str) -> falcon.HTTPServiceUnavailable:
+    return falcon.HTTPServiceUnavailable(
+        title="Service Unavailable",
+        description=f"The {service} service did not answer; try again shortly.",
+        retry_after=2,
+    )
+
+
+class HttpUpstreams:
+    """:class:`Upstreams` over HTTP, addresses from a :class:`Discovery`."""
+
+    def __init__(self, discovery: Discovery, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.discovery = discovery
+        self.timeout = timeout
+
+    def _get(
+        self, service: str, path: str, headers: Mapping[str, str]
+    ) -> tuple[int, dict[str, Any] | None]:
+        try:
+            base = self.discovery.url(service)
+        except LookupError:
+            log.warning("no instance of %s known", service)
+            raise _unavailable(service) from None
+        request = urllib.request.Request(  # noqa: S310 - internal http URL from discovery
+            base + path, headers={"Accept": "application/json", **headers}, method="GET"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as resp:  # noqa: S310
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+            exc.close()
+            if status >= 500:
+                log.warning("%s answered %s for %s", service, status, path)
+                raise _unavailable(service) from None
+            return status, None
+        except (OSError, ValueError):
+            log.warning("%s could not be reached for %s", service, path, exc_info=True)
+            raise _unavailable(service) from None
+
+    @staticmethod
+    def _headers(request_id: str | None, authorization: str | None = None) -> dict[str, str]:
+        headers = {}
+        if request_id:
+            headers["X-Request-ID"] = request_id
+        if authorization:
+            headers["Authorization"] = authorization
+        return headers
+
+    def get_event(self, event_id: str, *, request_id: str | None) -> dict[str, Any]:
+        if not _SANE_ID.match(event_id):
+            raise UnknownEvent(event_id)
+        path = "/v1/events/" + urllib.parse.quote(event_id, safe="")
+        status, body = self._get("events", path, self._headers(request_id))
+        if status == 200 and isinstance(body, dict):
+            return body
+        if status in (404, 410):
+            raise UnknownEvent(event_id)
+        log.warning("events answered %s for event %s", status, event_id)
+        raise _unavailable("events")
+
+    def get_me(self, authorization: str, *, request_id: str | None) -> dict[str, Any]:
+        status, body = self._get("users", "/v1/users/me", self._headers(request_id, authorization))
+        if status == 200 and isinstance(body, dict):
+            return body
+        if status in (401, 404):
+            # The token verified here but the account is gone (or was revoked there).
+            raise falcon.HTTPUnauthorized(
+                title="Unauthorized",
+                description="The account of this token no longer exists.",
+                challenges=["Bearer"],
+            )
+        log.warning("users answered %s for /v1/users/me", status)
+        raise _unavailable("users")

@@ -1,0 +1,317 @@
+"""The reminder dispatcher: due reminders become email jobs, each exactly once in the normal
+case and at least once when something crashes. ``python -m services.notifications.dispatcher``.
+
+Every ``DISPATCH_INTERVAL`` (sooner when the next reminder falls due before that):
+
+1. **Claim.** In one store transaction, up to ``batch`` reminders that are ``scheduled``, due
+   (``send_at <= now``) and not leased (``lease_until < now``) are leased to this dispatcher
+   (``lease_owner`` = its unique owner id, ``lease_until`` = now + lease) with
+   :meth:`Collection.claim`, which never gives one reminder to two claimers. Several
+   dispatchers can run side by side; a crashed one's claims become claimable again when the
+   lease ends. A reminder is never claimed before its ``send_at``.
+2. **Hand over.** For each claimed reminder, ONE conditional store write (expected version =
+   the version the claim returned) moves it to ``sending`` and puts its ``email.send`` job
+   into the service's outbox (idempotency key ``reminder:<id>:v<version>``, correlation
+   ``{notification_id, version}``, the request ID of the request that last set it). Any other
+   write to a reminder (PATCH, delete, cancellation by ``event.deleted``, a move by
+   ``event.updated``, another dispatcher's claim after the lease ended) bumps its version, so
+   the write of a dispatcher whose claim went stale fails and changes nothing: a cancelled,
+   deleted or rescheduled reminder is not sent.
+3. **Publish.** An :class:`OutboxRelay` in this same loop publishes the jobs with publisher
+   confirms and forgets them once confirmed. The notifications worker runs another relay
+   over the same outbox, so jobs of a dispatcher that died after step 2 still go out.
+
+Crash windows: dying after 1 leaves claims that return after the lease (the reminder is late
+by up to the lease, never lost). Dying between 2 and 3 is covered by the outbox. Dying after a
+publish was confirmed but before the outbox record was marked done publishes that job again
+(the other relay, after the relay lease): the copy carries the same idempotency key and the
+email-sender drops it. The window left is in the email-sender: a crash after the SMTP server
+accepted a mail but before the key was recorded can send it twice (at-least-once delivery).
+
+A broker that cannot be reached stops only step 3: reminders keep moving to ``sending`` with
+their jobs safe in the outbox, published when the broker is back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from eventpost import contracts
+from eventpost.logs import configure_logging
+from eventpost.messaging import EXCHANGE, Envelope, OutboxRelay, Publisher, PublishError
+from eventpost.messaging.consumer import backoff_delay
+from eventpost.messaging.publisher import Unroutable
+from eventpost.messaging.worker import Worker
+from eventpost.settings import Settings
+from eventpost.storage import NotFound, Query, Range, Store, VersionConflict, open_store
+from eventpost.timeutil import Clock, format_time, parse_time, utcnow
+from services.notifications import domain
+from services.notifications.store import claim_due, notifications
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEASE_SECONDS = 30.0
+DEFAULT_BATCH = 100
+DEFAULT_RELAY_LEASE_SECONDS = 15.0
+
+
+class JobPublisher(Publisher):
+    """A :class:`Publisher` for email jobs: a job no queue is bound to (the email-sender has
+    never declared its queue) is an error to retry later, not a message to drop, so the relay
+    leaves it in the outbox instead of losing a reminder."""
+
+    def publish(self, envelope: Envelope, routing_key: str | None = None) -> None:
+        try:
+            super().publish(envelope, routing_key)
+        except Unroutable as exc:
+            raise PublishError(
+                f"no queue takes {envelope.type!r} yet; the job stays in the outbox"
+            ) from exc
+
+
+def new_owner() -> str:
+    """A dispatcher's unique owner id: host, pid and a random part."""
+    return f"dispatcher@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class ReminderDispatcher:
+    """Claims due reminders and hands each to the outbox as an email job (see the module
+    docstring). ``relay``, when given, publishes the outbox right after each hand-over."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Clock = utcnow,
+        owner: str | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        batch: int = DEFAULT_BATCH,
+        interval: float = 1.0,
+        relay: OutboxRelay | None = None,
+        pause_after_claim: float = 0.0,
+    ) -> None:
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        self.store = store
+        self.coll = notifications(store)
+        self.clock = clock
+        self.owner = owner or new_owner()
+        self.lease = timedelta(seconds=lease_seconds)
+        self.batch = batch
+        self.interval = interval
+        self.relay = relay
+        self.pause_after_claim = pause_after_claim
+        self._flush_failures = 0
+        self._flush_not_before = 0.0
+
+    # -- one round -----------------------------------------------------------------------
+
+    def claim(self) -> list[dict[str, Any]]:
+        """Lease up to ``batch`` due reminders to this dispatcher (one transaction)."""
+        now = self.clock()
+        now_s = format_time(now)
+        until = format_time(now + self.lease)
+        claimed: list[dict[str, Any]] = []
+        with self.store.transaction():
+            while len(claimed) < self.batch:
+                doc = claim_due(self.coll, now=now_s, owner=self.owner, lease_until=until)
+                if doc is None:
+                    break
+                claimed.append(doc)
+        if claimed:
+            log.info("claimed due reminders", extra={"count": len(claimed), "owner": self.owner})
+        return claimed
+
+    def hand_over(self, claimed: Sequence[dict[str, Any]]) -> int:
+        """Move each claimed reminder to ``sending`` with its job in the outbox, if the claim
+        is still this dispatcher's; returns how many were handed over."""
+        handed = 0
+        for doc in claimed:
+            if self._hand_over_one(doc):
+                handed += 1
+        return handed
+
+    def _hand_over_one(self, doc: dict[str, Any]) -> bool:
+        now = self.clock()
+        if doc.get("lease_owner") != self.owner or parse_time(doc["send_at"]) > now:
+            return False  # not ours, or (clock set back) not due: never send early
+        version = doc["version"] + 1  # the store bumps the version by one on every write
+        job = domain.reminder_job(doc, version)
+        envelope = Envelope.new(
+            contracts.EMAIL_SEND, job, request_id=doc.get("request_id"), clock=self.clock
+        )
+        stamp = format_time(now)
+        try:
+            self.coll.update(
+                doc["id"],
+                {
+                    "status": domain.SENDING,
+                    "lease_owner": None,
+                    "lease_until": domain.NO_LEASE,
+                    "dispatched_at": stamp,
+                    "updated_at": stamp,
+                },
+                expected_version=doc["version"],
+                events=[envelope.to_dict()],
+            )
+        except (VersionConflict, NotFound):
+            log.info(
+                "reminder changed since it was claimed; not sent by this claim",
+                extra={"notification_id": doc["id"]},
+            )
+            return False
+        log.info(
+            "reminder handed to the outbox",
+            extra={
+                "notification_id": doc["id"],
+                "send_at": doc["send_at"],
+                "idempotency_key": job["idempotency_key"],
+                "request_id": doc.get("request_id"),
+            },
+        )
+        return True
+
+    def flush(self) -> int:
+        """Publish what waits in the outbox (when this dispatcher has a relay); a broker
+        that cannot be reached is logged and left to the next round or the worker's relay."""
+        if self.relay is None or time.monotonic() < self._flush_not_before:
+            return 0
+        published = 0
+        try:
+            while True:
+                count = self.relay.run_once()
+                published += count
+                if count < self.relay.batch:
+                    self._flush_failures = 0
+                    return published
+        except Exception as exc:
+            # Back off, so an unreachable broker does not slow the claims down; the jobs
+            # are safe in the outbox meanwhile.
+            delay = backoff_delay(self._flush_failures, 0.5, 10.0)
+            self._flush_failures += 1
+            self._flush_not_before = time.monotonic() + delay
+            log.warning(
+                "could not publish the outbox now; the jobs wait there",
+                extra={"error": repr(exc), "published": published, "retry_in_seconds": delay},
+            )
+            return published
+
+    def run_once(self) -> int:
+        """Claim and hand over every due reminder (batch after batch) and publish them;
+        returns how many were handed over."""
+        total = 0
+        while True:
+            claimed = self.claim()
+            if claimed and self.pause_after_claim:
+                # Fault injection for crash tests: hold the claims for a while.
+                log.warning("holding claims", extra={"seconds": self.pause_after_claim})
+                time.sleep(self.pause_after_claim)
+            total += self.hand_over(claimed)
+            self.flush()
+            if len(claimed) < self.batch:
+                return total
+
+    def next_wait(self) -> float:
+        """Seconds until the next round: the interval, or less when a scheduled reminder
+        falls due sooner."""
+        now = self.clock()
+        page = self.coll.find(
+            Query(
+                where={"status": domain.SCHEDULED, "send_at": Range(gt=format_time(now))},
+                sort=(("send_at", 1),),
+                limit=1,
+            )
+        )
+        if not page.items:
+            return self.interval
+        until = (parse_time(page.items[0]["send_at"]) - now).total_seconds()
+        return max(0.0, min(self.interval, until))
+
+    def run(self, stop: threading.Event) -> None:
+        """Dispatch until ``stop`` is set; errors (a locked or lost store) are logged and
+        retried with backoff."""
+        log.info(
+            "dispatcher started",
+            extra={"owner": self.owner, "interval": self.interval, "batch": self.batch},
+        )
+        failures = 0
+        while not stop.is_set():
+            try:
+                self.run_once()
+                wait = self.next_wait()
+                failures = 0
+            except Exception as exc:
+                wait = backoff_delay(failures, 0.2, 10.0)
+                failures += 1
+                log.warning(
+                    "dispatch round failed; retrying",
+                    exc_info=True,
+                    extra={"error": repr(exc), "retry_in_seconds": round(wait, 2)},
+                )
+            if self.relay is not None:
+                self.relay.publisher.keepalive()
+            if wait > 0:
+                stop.wait(wait)
+        log.info("dispatcher stopped", extra={"owner": self.owner})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m services.notifications.dispatcher``: dispatch due reminders every
+    ``DISPATCH_INTERVAL`` until SIGTERM/SIGINT; returns the exit code."""
+    parser = argparse.ArgumentParser(description="Send due reminders as email jobs.")
+    parser.add_argument("--lease", type=float, default=DEFAULT_LEASE_SECONDS, help="seconds")
+    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH)
+    parser.add_argument(
+        "--relay-lease", type=float, default=DEFAULT_RELAY_LEASE_SECONDS, help="seconds"
+    )
+    parser.add_argument("--exchange", default=EXCHANGE, help="topic exchange (tests)")
+    parser.add_argument(
+        "--pause-after-claim",
+        type=float,
+        default=0.0,
+        help="fault injection for crash tests: hold each batch of claims this many seconds",
+    )
+    args = parser.parse_args(argv)
+    settings = Settings.from_env("notifications")
+    configure_logging("dispatcher", settings.log_level)
+    owner = new_owner()
+
+    def loop(stop: threading.Event) -> None:
+        # Store and publisher live in this thread (sqlite3 and pika are thread-bound).
+        store = open_store(settings, "notifications")
+        publisher = JobPublisher(
+            settings.amqp_url, exchange=args.exchange, connection_name=f"eventpost-{owner}"
+        )
+        relay = OutboxRelay(
+            store, publisher, owner=f"{owner}:relay", lease_seconds=args.relay_lease
+        )
+        try:
+            ReminderDispatcher(
+                store,
+                owner=owner,
+                lease_seconds=args.lease,
+                batch=args.batch,
+                interval=settings.dispatch_interval,
+                relay=relay,
+                pause_after_claim=args.pause_after_claim,
+            ).run(stop)
+        finally:
+            publisher.close()
+            store.close()
+
+    worker = Worker("dispatcher")
+    worker.add_loop("dispatcher", loop)
+    return worker.run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

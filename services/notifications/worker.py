@@ -1,0 +1,116 @@
+"""The notifications service's background process: ``python -m services.notifications.worker``.
+
+It runs, each in a thread of its own (see :class:`eventpost.messaging.Worker`):
+
+- the outbox relay of the notifications store (email jobs of the dispatcher and of
+  cancellations; it also takes over jobs a crashed dispatcher left behind),
+- a consumer per queue of :data:`services.notifications.consumers.QUEUES`:
+  ``notifications.email-outcomes`` (``email.sent``, ``email.failed``),
+  ``notifications.event-changes`` (``event.updated``, ``event.deleted``) and
+  ``notifications.user-deleted`` (``user.deleted``).
+
+SIGTERM or SIGINT stops it cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import threading
+from collections.abc import Sequence
+
+from eventpost.logs import configure_logging
+from eventpost.messaging import EXCHANGE, Consumer, Envelope, OutboxRelay, Worker
+from eventpost.settings import Settings
+from eventpost.storage import open_store
+from services.notifications.consumers import QUEUES, NotificationHandlers
+from services.notifications.dispatcher import JobPublisher
+
+log = logging.getLogger(__name__)
+
+
+def _on_exhausted(envelope: Envelope, error: BaseException) -> None:
+    log.error(
+        "message given up and parked",
+        extra={"message_type": envelope.type, "message_id": envelope.id, "error": repr(error)},
+    )
+
+
+class _StoreBoundHandler:
+    """Opens the store lazily in the thread that handles messages (a consumer calls its
+    handler from one thread only), so thread-bound connections stay in their thread."""
+
+    def __init__(self, settings: Settings, queue: str) -> None:
+        self.settings = settings
+        self.queue = queue
+        self._handlers: NotificationHandlers | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, envelope: Envelope) -> None:
+        with self._lock:
+            if self._handlers is None:
+                self._handlers = NotificationHandlers(open_store(self.settings, "notifications"))
+        self._handlers.handler_for(self.queue)(envelope)
+
+
+def build_worker(
+    settings: Settings,
+    *,
+    exchange: str = EXCHANGE,
+    queue_prefix: str = "notifications",
+    relay_lease: float = 15.0,
+) -> Worker:
+    """The worker with its relay and consumers (tests pass their own exchange and prefix)."""
+    worker = Worker("notifications-worker")
+    name = f"notifications-worker@{socket.gethostname()}:{os.getpid()}"
+
+    def relay_loop(stop: threading.Event) -> None:
+        store = open_store(settings, "notifications")
+        publisher = JobPublisher(
+            settings.amqp_url, exchange=exchange, connection_name=f"eventpost-{name}:relay"
+        )
+        try:
+            OutboxRelay(store, publisher, lease_seconds=relay_lease).run(stop)
+        finally:
+            publisher.close()
+            store.close()
+
+    worker.add_loop("relay", relay_loop)
+    for queue, bindings in QUEUES.items():
+        worker.add_consumer(
+            Consumer(
+                settings.amqp_url,
+                f"{queue_prefix}.{queue}",
+                bindings,
+                _StoreBoundHandler(settings, queue),
+                retry_delays=settings.retry_delays,
+                prefetch=20,
+                on_exhausted=_on_exhausted,
+                exchange=exchange,
+            )
+        )
+    return worker
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the worker until SIGTERM/SIGINT; returns the exit code."""
+    parser = argparse.ArgumentParser(description="Notifications relay and consumers.")
+    parser.add_argument("--exchange", default=EXCHANGE, help="topic exchange (tests)")
+    parser.add_argument("--queue-prefix", default="notifications", help="queue names (tests)")
+    parser.add_argument("--relay-lease", type=float, default=15.0, help="seconds")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env("notifications")
+    configure_logging("notifications-worker", settings.log_level)
+    worker = build_worker(
+        settings,
+        exchange=args.exchange,
+        queue_prefix=args.queue_prefix,
+        relay_lease=args.relay_lease,
+    )
+    return worker.run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

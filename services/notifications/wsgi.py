@@ -1,0 +1,9 @@
+"""WSGI entry point: ``gunicorn services.notifications.wsgi:app``."""
+
+from eventpost.logs import configure_logging
+from eventpost.settings import Settings
+from services.notifications.app import create_app
+
+_settings = Settings.from_env("notifications")
+configure_logging("notifications", _settings.log_level)
+app = create_app(_settings)
