@@ -120,11 +120,16 @@ class EventRepository:
             self._bump()
         return saved
 
-    def insert_many(self, docs: Sequence[Mapping[str, Any]]) -> int:
-        """Bulk load (``invoke populate --direct``): one transaction, no outbox events."""
+    def insert_many(
+        self,
+        docs: Sequence[Mapping[str, Any]],
+        events_of: Callable[[Mapping[str, Any]], Sequence[OutboxEvent]] | None = None,
+    ) -> int:
+        """Bulk load (``invoke populate --direct``): one transaction, with the outbox events
+        ``events_of(doc)`` gives for each document (none by default)."""
         with self.store.transaction():
             for doc in docs:
-                self._events.insert(dict(doc))
+                self._events.insert(dict(doc), events=events_of(doc) if events_of else ())
             self._bump()
         return len(docs)
 

@@ -1,0 +1,213 @@
+"""The events service over HTTP, on the embedded store (``invoke perf-events``).
+
+Loads N sample events (default 100,000: 12 cities, 21 topics, 180 days; see
+services/events/samples.py) straight into a SQLite store in a temporary DATA_DIR, starts the
+events service under gunicorn (1 worker, 8 threads, as the launcher runs it) on a free port,
+and measures, with a keep-alive aiohttp client, at concurrency 1 and 10:
+
+- ``search``: the combined search ``near`` (a point within 10 km of a city centre,
+  radius_km=10) + a one-week ``from``/``to`` window + one ``topic``, sorted by start, limit
+  20; every request has its own parameters, so the read cache never answers (cold);
+- ``search (repeated)``: one such search over and over (answered by the read cache);
+- ``get``: ``GET /v1/events/{id}`` of random events.
+
+Latencies are measured at the client (request sent to body read). The goal: search p99 <=
+20 ms. Prints a table and writes perf/results/bench_events.json.
+
+    .venv/bin/python perf/bench_events.py [--events 100000] [--requests 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlencode
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import aiohttp  # noqa: E402
+
+from eventpost.settings import Settings  # noqa: E402
+from eventpost.storage import open_store  # noqa: E402
+from services.events.populate import load_direct  # noqa: E402
+from services.events.samples import CITIES, TOPICS, sample_events  # noqa: E402
+from services.events.store import EventRepository  # noqa: E402
+
+START = datetime(2026, 1, 5, tzinfo=UTC)
+DAYS = 180
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def load(data_dir: Path, count: int) -> list[str]:
+    """Fill the events store of ``data_dir``; returns the ids."""
+    settings = Settings(service="events", data_dir=data_dir)
+    repo = EventRepository(lambda: open_store(settings))
+    started = time.perf_counter()
+    load_direct(repo, sample_events(count, seed=42, start=START, days=DAYS), outbox=False)
+    ids = [row[0] for row in _ids(data_dir)]
+    repo.close()
+    print(f"loaded {count} events in {time.perf_counter() - started:.1f} s", flush=True)
+    return ids
+
+
+def _ids(data_dir: Path) -> list[tuple[str]]:
+    import sqlite3
+
+    with sqlite3.connect(data_dir / "events.sqlite3") as conn:
+        return conn.execute("SELECT json_extract(doc, '$.id') FROM events").fetchall()
+
+
+def start_service(data_dir: Path, port: int) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "DATA_DIR": str(data_dir),
+        "EVENTS_PORT": str(port),
+        "LOG_LEVEL": "WARNING",
+    }
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    proc = subprocess.Popen(
+        [str(gunicorn), "-w", "1", "--threads", "8", "-b", f"127.0.0.1:{port}",
+         "--log-level", "warning", "services.events.wsgi:app"],
+        cwd=ROOT, env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as resp:
+                if resp.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.terminate()
+    raise RuntimeError("the events service did not become ready")
+
+
+def search_path(rng: random.Random) -> str:
+    _, lat, lng, _ = CITIES[rng.choice(list(CITIES))]
+    # A point within 10 km of the centre (uniform over the disk).
+    dist, bearing = 10 * math.sqrt(rng.random()), rng.uniform(0, 2 * math.pi)
+    lat += dist / 111.2 * math.cos(bearing)
+    lng += dist / (111.2 * math.cos(math.radians(lat))) * math.sin(bearing)
+    day = START + timedelta(days=rng.randrange(DAYS - 7), hours=rng.randrange(24))
+    params = {
+        "near": f"{lat:.5f},{lng:.5f}",
+        "radius_km": "10",
+        "from": day.isoformat(),
+        "to": (day + timedelta(days=7)).isoformat(),
+        "topic": rng.choice(list(TOPICS)),
+    }
+    return "/v1/events?" + urlencode(params)
+
+
+async def run(base: str, paths: list[str], concurrency: int) -> tuple[list[float], list[int]]:
+    """Send every path (GET) with ``concurrency`` workers on keep-alive connections;
+    latencies in ms and item counts of list answers."""
+    latencies: list[float] = []
+    counts: list[int] = []
+    queue = iter(paths)
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    async with aiohttp.ClientSession(base, connector=connector) as session:
+
+        async def worker() -> None:
+            for path in queue:
+                started = time.perf_counter()
+                async with session.get(path) as resp:
+                    body = await resp.read()
+                latencies.append((time.perf_counter() - started) * 1000)
+                if resp.status != 200:
+                    raise RuntimeError(f"GET {path}: {resp.status} {body[:200]!r}")
+                if path.startswith("/v1/events?"):
+                    counts.append(len(json.loads(body)["items"]))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, counts
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--requests", type=int, default=1000, help="per scenario")
+    args = parser.parse_args()
+
+    rng = random.Random(7)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-events-") as tmp:
+        data_dir = Path(tmp)
+        ids = load(data_dir, args.events)
+        port = free_port()
+        proc = start_service(data_dir, port)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            repeated = search_path(rng)
+            scenarios: dict[str, Callable[[], str]] = {
+                "search": lambda: search_path(rng),
+                "search (repeated)": lambda: repeated,
+                "get": lambda: f"/v1/events/{rng.choice(ids)}",
+            }
+            asyncio.run(run(base, [search_path(rng) for _ in range(100)], 2))  # warm-up
+            for name, make in scenarios.items():
+                for concurrency in (1, 10):
+                    paths = [make() for _ in range(args.requests)]
+                    started = time.perf_counter()
+                    latencies, counts = asyncio.run(run(base, paths, concurrency))
+                    elapsed = time.perf_counter() - started
+                    row = {
+                        "scenario": name,
+                        "concurrency": concurrency,
+                        "requests": len(latencies),
+                        "p50_ms": round(statistics.median(latencies), 2),
+                        "p99_ms": round(percentile(latencies, 99), 2),
+                        "max_ms": round(max(latencies), 2),
+                        "rps": round(len(latencies) / elapsed, 1),
+                    }
+                    if counts:
+                        row["mean_items"] = round(statistics.mean(counts), 1)
+                    results.append(row)
+                    print(json.dumps(row), flush=True)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+
+    print()
+    print(f"events service over HTTP, {args.events} events (SQLite), client-side latency")
+    print(f"{'scenario':<20}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'req/s':>8}")
+    for row in results:
+        print(
+            f"{row['scenario']:<20}{row['concurrency']:>5}{row['p50_ms']:>9}"
+            f"{row['p99_ms']:>9}{row['max_ms']:>9}{row['rps']:>8}"
+        )
+    out = ROOT / "perf" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"events": args.events, "measured_at": datetime.now(UTC).isoformat()}
+    summary["results"] = results
+    (out / "bench_events.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
