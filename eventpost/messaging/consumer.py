@@ -14,6 +14,10 @@ the queues):
    queue the broker puts it back on ``<queue>``. When attempt ``len(retry_delays) + 1``
    fails, ``on_exhausted`` is called and the message parked (``exhausted``).
 
+Retried and parked copies keep the body and properties and carry ``x-attempt``, ``x-error``
+and ``x-original-routing-key`` (a message back from a delay queue is delivered with the
+queue's name as routing key; the envelope's ``type`` is unchanged).
+
 A message is acked only after its outcome is safe in the broker, so a crash at any point
 makes the broker redeliver it: delivery is at-least-once and handlers must be idempotent
 (deduplicate by ``envelope.id``).
