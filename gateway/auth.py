@@ -4,6 +4,11 @@ The key set is fetched through the gateway's own upstream client, kept, refetche
 older than ``max_age`` and once when a token names an unknown ``kid``. Refetches are at most one
 per ``min_refetch_seconds`` and coalesced (concurrent requests wait for the same fetch), so a
 flood of tokens with random ``kid`` values costs the users service one request per interval.
+
+A signature check costs a few hundred microseconds, and a client sends the same token for
+minutes, so verified tokens are remembered (bounded LRU, keyed by the exact token string) until
+their ``exp``; the memory is dropped whenever the key set changes, so a withdrawn key stops
+working at the next JWKS fetch.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+
+from cachetools import LRUCache
 
 from eventpost.auth import Claims, InvalidToken, KeySet, UnknownKey
 
@@ -33,8 +40,13 @@ class EdgeVerifier:
         clock: Callable[[], float] = time.monotonic,
         min_refetch_seconds: float = 5.0,
         max_age: float = 300.0,
+        wall_clock: Callable[[], float] = time.time,
+        cache_size: int = 10_000,
     ) -> None:
         self.keys = KeySet()
+        self._wall_clock = wall_clock
+        self._verified: LRUCache[str, Claims] = LRUCache(maxsize=cache_size)
+        self._jwks: Mapping[str, Any] | None = None
         self._fetch = fetch_jwks
         self._clock = clock
         self._min_refetch = min_refetch_seconds
@@ -52,7 +64,11 @@ class EdgeVerifier:
             self._fetched_at = now
             self.fetches += 1
             try:
-                self.keys.update(await self._fetch())
+                jwks = await self._fetch()
+                self.keys.update(jwks)
+                if jwks != self._jwks:
+                    self._verified.clear()
+                    self._jwks = jwks
                 self._loaded_at = now
             except Exception:
                 log.warning("could not fetch the JWKS of the users service", exc_info=True)
@@ -65,13 +81,18 @@ class EdgeVerifier:
         :class:`KeysUnavailable` (503: no key is known to check it with)."""
         if self._stale():
             await self._refresh()
+        known = self._verified.get(token)
+        if known is not None and known.exp > self._wall_clock():
+            return known
         try:
-            return self.keys.verify(token)
+            claims = self.keys.verify(token)
         except UnknownKey:
             await self._refresh()
-        if self._loaded_at is None:
-            raise KeysUnavailable("the users service's JWKS could not be fetched")
-        return self.keys.verify(token)
+            if self._loaded_at is None:
+                raise KeysUnavailable("the users service's JWKS could not be fetched") from None
+            claims = self.keys.verify(token)
+        self._verified[token] = claims
+        return claims
 
 
 __all__ = ["Claims", "EdgeVerifier", "InvalidToken", "KeysUnavailable", "UnknownKey"]

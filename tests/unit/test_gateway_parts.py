@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import falcon.testing
 import jwt
@@ -383,3 +384,42 @@ def test_settings_read_gateway_variables():
     assert (settings.gateway_rate_limit, settings.gateway_rate_burst) == (5.0, 9)
     assert settings.gateway_cors_origins == ("https://a.example", "https://b.example")
     assert settings.gateway_upstream_timeout == 3.5
+
+
+def _counting(verifier: EdgeVerifier) -> list[str]:
+    calls: list[str] = []
+    real_verify = verifier.keys.verify
+
+    def counting_verify(token):
+        calls.append(token)
+        return real_verify(token)
+
+    verifier.keys.verify = counting_verify
+    return calls
+
+
+def test_verified_tokens_are_remembered_until_their_exp():
+    mint = TokenMint()
+    wall = ManualClock(start=time.time())
+    verifier = EdgeVerifier(FakeJwksSource(mint.jwks()), clock=ManualClock(), wall_clock=wall)
+    calls = _counting(verifier)
+    token = mint.token("ann", ttl=60)
+    assert asyncio.run(verifier.verify(token)).sub == "ann"
+    assert asyncio.run(verifier.verify(token)).sub == "ann"
+    assert len(calls) == 1  # the second answer came from memory
+    wall.advance(61)  # past its exp, memory no longer answers for it
+    asyncio.run(verifier.verify(token))
+    assert len(calls) == 2
+
+
+def test_a_changed_key_set_empties_the_memory():
+    mint = TokenMint()
+    clock = ManualClock()
+    source = FakeJwksSource(mint.jwks())
+    verifier = EdgeVerifier(source, clock=clock, max_age=300)
+    token = mint.token("ann")
+    asyncio.run(verifier.verify(token))
+    source.jwks = {"keys": [TokenMint().jwk()]}  # the old key was withdrawn
+    clock.advance(301)
+    with pytest.raises(UnknownKey):
+        asyncio.run(verifier.verify(token))
