@@ -81,9 +81,12 @@ def test_451_is_temporary_and_keeps_the_connection():
 
 def test_550_at_data_is_permanent_with_the_reply_text():
     handler = ScriptedHandler(["550 5.7.1 Message rejected as spam"])
-    with smtp_server(handler) as server, SmtpMailer("127.0.0.1", server.port, timeout=5) as m:
-        with pytest.raises(PermanentMailError) as info:
-            m.send(email())
+    with (
+        smtp_server(handler) as server,
+        SmtpMailer("127.0.0.1", server.port, timeout=5) as m,
+        pytest.raises(PermanentMailError) as info,
+    ):
+        m.send(email())
     assert info.value.code == 550
     assert str(info.value) == "550 5.7.1 Message rejected as spam"
     assert handler.accepted == []
@@ -123,7 +126,7 @@ def test_nobody_listening_is_temporary():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with pytest.raises(TemporaryMailError, match="Connection refused|refused"):
+    with pytest.raises(TemporaryMailError, match="refused"):
         SmtpMailer("127.0.0.1", port, timeout=2).send(email())
 
 

@@ -27,7 +27,7 @@ from email_sender.mailer import SmtpMailer
 from email_sender.sink import LocalController
 from eventpost.messaging import Consumer, Envelope, Publisher
 from eventpost.settings import Settings
-from tests.integration._amqp import Broker, unique
+from tests.integration._amqp import Broker, running, unique, wait_until
 
 MAIL_FROM = "EventPost Tests <no-reply@eventpost.test>"
 
@@ -58,7 +58,7 @@ class ScriptedHandler:
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address.lower() in self.refuse_rcpt:
-            return "550 5.1.1 <%s>: Recipient address rejected" % address
+            return f"550 5.1.1 <{address}>: Recipient address rejected"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -251,6 +251,18 @@ class Wired:
         return [
             Envelope.from_bytes(body) for _, _, body in self.broker.take_all(self.outcome_queue)
         ]
+
+
+@contextlib.contextmanager
+def consuming(wired: Wired) -> Iterator[None]:
+    """Run the wired consumer in a thread, once it consumes; stop it on the way out."""
+    with running(wired.consumer):
+        wait_until(
+            lambda: wired.broker.consumers(wired.consumer.queue) >= 1,
+            timeout=30,
+            what="the consumer to start",
+        )
+        yield
 
 
 def wire(

@@ -1,0 +1,237 @@
+"""The email-sender's consumer against the real RabbitMQ and real aiosmtpd servers: delivery,
+retries with growing delays, permanent failures, timeouts, parking, duplicates, outcomes.
+
+Every test has its own exchange and queues (see tests.integration._amqp), so it neither takes
+nor receives messages of anything else running on the broker."""
+
+from __future__ import annotations
+
+import pika
+import pytest
+
+from eventpost.messaging import Envelope
+from tests.integration._amqp import Broker, broker, unique, wait_until
+from tests.integration.test_email_support import (
+    MAIL_FROM,
+    ScriptedHandler,
+    SilentServer,
+    Wired,
+    consuming,
+    email_job,
+    parked,
+    smtp_server,
+    wire,
+)
+
+pytestmark = pytest.mark.rabbitmq
+__all__ = ["broker"]  # the fixture, imported for pytest
+
+
+def collect(wired: Wired, into: list[Envelope], n: int, what: str = "outcomes") -> None:
+    """Wait until ``n`` outcomes were collected in ``into``."""
+
+    def enough() -> bool:
+        into.extend(wired.outcomes())
+        return len(into) >= n
+
+    wait_until(enough, timeout=30, what=what)
+
+
+def test_job_is_delivered_with_its_headers_both_parts_escaped_html_and_reported(
+    broker: Broker, tmp_path
+):
+    handler = ScriptedHandler()
+    with smtp_server(handler) as server:
+        wired = wire(broker, tmp_path, server.port)
+        job = email_job()
+        with consuming(wired):
+            wired.publish(job)
+            outcomes: list[Envelope] = []
+            collect(wired, outcomes, 1)
+        wired.sender.close()
+    assert len(handler.accepted) == 1
+    msg = handler.accepted[0]
+    payload = job.payload
+    assert msg["From"] == MAIL_FROM
+    assert msg["To"] == payload["to"]
+    assert msg["Subject"] == "Reminder: Meetup <script>alert('x')</script>"
+    assert msg["X-Request-ID"] == job.request_id
+    assert msg["X-EventPost-Idempotency-Key"] == payload["idempotency_key"]
+    assert msg["Message-ID"].startswith("<") and msg["Message-ID"].endswith("@eventpost.test>")
+    assert msg.get_content_type() == "multipart/alternative"
+    html = msg.get_body(("html",)).get_content()
+    text = msg.get_body(("plain",)).get_content()
+    assert "<script>" not in html
+    assert "Meetup &lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
+    assert "Meetup <script>alert('x')</script>" in text
+    assert "Tuesday 1 December 2026, 19:00 UTC" in text
+    assert "The Hall, 1 Main St" in text
+
+    [sent] = outcomes
+    assert sent.type == "email.sent"
+    assert sent.request_id == job.request_id
+    assert sent.payload["correlation"] == payload["correlation"]
+    assert sent.payload["idempotency_key"] == payload["idempotency_key"]
+    assert sent.payload["to"] == payload["to"]
+    assert sent.payload["attempts"] == 1
+    assert sent.payload["message_id"] == msg["Message-ID"]
+    assert sent.payload["sent_at"].endswith("Z")
+    assert broker.depth(wired.consumer.queue) == 0
+    assert parked(broker, wired.consumer.queue) == []
+
+
+def test_user_events_become_welcome_and_verification_emails(broker: Broker, tmp_path):
+    handler = ScriptedHandler()
+    user = unique("user")
+    created = Envelope.new(
+        "user.created",
+        {"user_id": user, "username": "ann", "email": f"{user}@example.com"},
+        request_id="req-signup",
+    )
+    added = Envelope.new(
+        "user.email_added",
+        {
+            "user_id": user,
+            "username": "ann",
+            "email": f"second-{user}@example.com",
+            "token": "tok-XYZ-123",
+            "expires_at": "2026-12-02T19:00:00Z",
+        },
+        request_id="req-add",
+    )
+    with smtp_server(handler) as server:
+        wired = wire(broker, tmp_path, server.port)
+        with consuming(wired):
+            wired.publish(created, added)
+            wait_until(lambda: len(handler.accepted) == 2, timeout=30, what="two emails")
+        wired.sender.close()
+    by_to = {str(m["To"]): m for m in handler.accepted}
+    welcome, verification = by_to[f"{user}@example.com"], by_to[f"second-{user}@example.com"]
+    assert welcome["To"] == f"{user}@example.com"
+    assert "Welcome" in welcome["Subject"]
+    assert welcome["X-Request-ID"] == "req-signup"
+    assert verification["To"] == f"second-{user}@example.com"
+    assert verification["X-Request-ID"] == "req-add"
+    lines = verification.get_body(("plain",)).get_content().splitlines()
+    assert "Verification token: tok-XYZ-123" in lines
+    # No correlation, so no outcome is published.
+    assert wired.outcomes() == []
+
+
+def test_421_twice_then_accepted_is_delivered_once_after_growing_delays(broker: Broker, tmp_path):
+    handler = ScriptedHandler(["421 4.7.0 Try again later", "421 4.7.0 Try again later"])
+    with smtp_server(handler) as server:
+        wired = wire(broker, tmp_path, server.port, retry_delays=(0.2, 0.5, 1.0))
+        with consuming(wired):
+            wired.publish(email_job())
+            outcomes: list[Envelope] = []
+            collect(wired, outcomes, 1)
+        wired.sender.close()
+    assert len(handler.accepted) == 1
+    assert len(handler.attempts) == 3
+    first_gap = handler.attempts[1] - handler.attempts[0]
+    second_gap = handler.attempts[2] - handler.attempts[1]
+    # The delay queues hold the job at least their TTL each time, and the TTLs grow.
+    assert first_gap >= 0.2
+    assert second_gap >= 0.5
+    [sent] = outcomes
+    assert sent.type == "email.sent"
+    assert sent.payload["attempts"] == 3
+    assert parked(broker, wired.consumer.queue) == []
+
+
+def test_550_is_not_retried_and_reported_failed_with_the_reply(broker: Broker, tmp_path):
+    handler = ScriptedHandler(["550 5.1.1 <nobody@example.com>: Recipient unknown"])
+    with smtp_server(handler) as server:
+        wired = wire(broker, tmp_path, server.port)
+        job = email_job()
+        with consuming(wired):
+            wired.publish(job)
+            outcomes: list[Envelope] = []
+            collect(wired, outcomes, 1)
+            # A copy of the same job is not tried again either: it is reported again.
+            wired.publish(job)
+            collect(wired, outcomes, 2)
+        wired.sender.close()
+    assert handler.accepted == []
+    assert len(handler.attempts) == 1
+    assert [o.type for o in outcomes] == ["email.failed", "email.failed"]
+    failed = outcomes[0].payload
+    assert failed["error"] == "550 5.1.1 <nobody@example.com>: Recipient unknown"
+    assert failed["attempts"] == 1
+    assert failed["correlation"] == job.payload["correlation"]
+    assert outcomes[0].id == outcomes[1].id  # the same outcome, recognisably
+    assert broker.depth(wired.consumer.queue) == 0
+    assert parked(broker, wired.consumer.queue) == []
+
+
+@pytest.mark.slow
+def test_a_server_that_never_answers_times_out_and_the_job_is_retried(broker: Broker, tmp_path):
+    with SilentServer() as silent:
+        wired = wire(broker, tmp_path, silent.port, retry_delays=(0.2, 0.5), smtp_timeout=0.5)
+        job = email_job()
+        with consuming(wired):
+            wired.publish(job)
+            outcomes: list[Envelope] = []
+            collect(wired, outcomes, 1, what="email.failed after the last try")
+        wired.sender.close()
+        tries = silent.accepted
+    assert tries == 3  # every try timed out on a fresh connection
+    [failed] = outcomes
+    assert failed.type == "email.failed"
+    assert failed.payload["attempts"] == 3
+    assert "timed out" in failed.payload["error"]
+    [kept] = parked(broker, wired.consumer.queue)
+    assert kept["id"] == job.id
+
+
+def test_an_invalid_job_is_parked_and_reported_failed(broker: Broker, tmp_path):
+    handler = ScriptedHandler()
+    with smtp_server(handler) as server:
+        wired = wire(broker, tmp_path, server.port)
+        bad = Envelope.new(
+            "email.send",
+            {
+                "to": "not-an-address",
+                "idempotency_key": "bad-1",
+                "subject": "s",
+                "text": "t",
+                "correlation": {"notification_id": "n-bad"},
+            },
+        )
+        with consuming(wired):
+            wired.publish(bad)
+            outcomes: list[Envelope] = []
+            collect(wired, outcomes, 1)
+            broker.publish_raw("email.send", b"{not json", pika.BasicProperties())
+            wait_until(
+                lambda: broker.depth(f"{wired.consumer.queue}.parked") == 2,
+                timeout=30,
+                what="both parked",
+            )
+        wired.sender.close()
+    assert handler.attempts == []
+    [failed] = outcomes
+    assert failed.type == "email.failed"
+    assert failed.payload["correlation"] == {"notification_id": "n-bad"}
+    assert "valid email address" in failed.payload["error"]
+    assert broker.depth(wired.consumer.queue) == 0
+
+
+def test_a_duplicate_job_is_sent_once_and_reported_again(broker: Broker, tmp_path):
+    handler = ScriptedHandler()
+    with smtp_server(handler) as server:
+        wired = wire(broker, tmp_path, server.port)
+        job = email_job()
+        copy = Envelope.new("email.send", job.payload, request_id="req-copy")
+        with consuming(wired):
+            wired.publish(job)
+            outcomes: list[Envelope] = []
+            collect(wired, outcomes, 1)
+            wired.publish(copy)
+            collect(wired, outcomes, 2)
+        wired.sender.close()
+    assert len(handler.accepted) == 1
+    assert [o.type for o in outcomes] == ["email.sent", "email.sent"]
+    assert outcomes[0].payload == outcomes[1].payload
+    assert outcomes[0].id == outcomes[1].id
