@@ -22,6 +22,10 @@ def main(argv: list[str] | None = None) -> None:
     """Run the gateway in the foreground until SIGTERM / SIGINT."""
     parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
     parser.add_argument("--graceful-timeout", type=float, default=10.0)
+    # "auto" takes httptools / uvloop when they are installed (uvicorn[standard]), else the
+    # pure-Python h11 / asyncio; perf/bench_gateway.py measures the difference.
+    parser.add_argument("--http", choices=("auto", "h11", "httptools"), default="auto")
+    parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
     args = parser.parse_args(argv)
 
     settings = Settings.from_env("gateway")
@@ -31,6 +35,8 @@ def main(argv: list[str] | None = None) -> None:
         host=settings.gateway_host,
         port=settings.gateway_port,
         lifespan="on",
+        http=args.http,
+        loop=args.loop,
         # The peer address is the client: never let X-Forwarded-For rewrite it here (the
         # gateway is the edge; it sets that header itself for the services).
         proxy_headers=False,

@@ -7,7 +7,11 @@ concurrency 1 and 10:
 
 - ``direct``: ``GET /v1/events`` straight to the upstream;
 - ``gateway``: the same through the gateway;
-- ``gateway+token``: through the gateway with a valid bearer token (EdDSA verify at the edge).
+- ``gateway+token``: through the gateway with a valid bearer token (EdDSA verify at the edge,
+  then remembered until exp).
+
+The gateway runs once per uvicorn HTTP implementation asked for (``--server``): ``h11`` (pure
+Python, asyncio) and ``httptools`` (C parser, with uvloop; uvicorn[standard]).
 
 and reports p50/p99 latency (client side: request sent to body read), throughput, and the
 ratios gateway/direct. Also measured in the same run:
@@ -20,7 +24,7 @@ ratios gateway/direct. Also measured in the same run:
 The machine is shared and has 2 cores: the load client, the gateway and the upstream compete
 for them, so absolute numbers are indicative; the ratios are what to compare.
 
-    .venv/bin/python perf/bench_gateway.py [--requests 2000] [--json perf/results/bench_gateway.json]
+    .venv/bin/python perf/bench_gateway.py [--requests 2000] [--server h11,httptools]
 """
 
 from __future__ import annotations
@@ -195,88 +199,130 @@ def gateway_overhead(gateway: str) -> float | None:
     return round(values["gateway_overhead_seconds_sum"] / count * 1000, 3)
 
 
+SERVERS = {"h11": ("h11", "asyncio"), "httptools": ("httptools", "uvloop")}
+
+
+def ratio(table, name: str, c: int) -> dict[str, float]:
+    mine, direct = table[name][c], table["direct"][c]
+    return {
+        "p50": round(mine["p50_ms"] / direct["p50_ms"], 2),
+        "p99": round(mine["p99_ms"] / direct["p99_ms"], 2),
+        "throughput": round(mine["rps"] / direct["rps"], 2),
+        "added_p50_ms": round(mine["p50_ms"] - direct["p50_ms"], 3),
+    }
+
+
+def print_table(title: str, table) -> None:
+    print(title)
+    print(f"{'scenario':<26}{'c':>3}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}")
+    for name, levels in table.items():
+        for c, st in levels.items():
+            print(f"{name:<26}{c:>3}{st['p50_ms']:>10}{st['p99_ms']:>10}{st['rps']:>10}")
+    print()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000, help="per scenario and level")
     parser.add_argument("--json", default=str(ROOT / "perf" / "results" / "bench_gateway.json"))
     parser.add_argument("--no-httpx", action="store_true", help="skip the client comparison")
+    parser.add_argument(
+        "--server",
+        default="h11,httptools",
+        help="uvicorn HTTP implementations to run the gateway with, comma-separated: h11 "
+        "(pure Python, asyncio loop) and/or httptools (with uvloop; needs both installed)",
+    )
     args = parser.parse_args()
+    servers = [name.strip() for name in args.server.split(",") if name.strip()]
+    for name in servers:
+        if name not in SERVERS:
+            parser.error(f"unknown server {name!r}")
+        if name == "httptools":
+            try:
+                import httptools  # noqa: F401
+                import uvloop  # noqa: F401
+            except ImportError:
+                print("httptools/uvloop not installed: measuring h11 only", file=sys.stderr)
+                servers.remove(name)
 
     mint = TokenMint()
     workdir = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     jwks_file = workdir / "jwks.json"
     jwks_file.write_text(json.dumps(mint.jwks()))
-    up_port, gw_port = free_port(), free_port()
+    up_port = free_port()
     env = {
         **os.environ,
         JWKS_ENV: str(jwks_file),
         "USERS_PORT": str(up_port),
         "EVENTS_PORT": str(up_port),
         "NOTIFICATIONS_PORT": str(up_port),
-        "GATEWAY_PORT": str(gw_port),
         "GATEWAY_RATE_LIMIT": "0",
         "DATA_DIR": str(workdir),
     }
     env.pop("CONSUL_HTTP_ADDR", None)
+    logs = []
+    procs: list[subprocess.Popen] = []
+
+    def spawn(cmd: list[str], log_name: str, extra_env: dict[str, str] | None = None):
+        log = (workdir / log_name).open("wb")
+        logs.append(log)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env={**env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT
+        )
+        procs.append(proc)
+        return proc
+
     gunicorn = Path(sys.executable).with_name("gunicorn")
-    upstream_log = (workdir / "upstream.log").open("wb")
-    gateway_log = (workdir / "gateway.log").open("wb")
-    upstream = subprocess.Popen(
+    upstream = spawn(
         [
             str(gunicorn),
-            "-w",
-            "1",
-            "--threads",
-            "8",
-            "-b",
-            f"127.0.0.1:{up_port}",
-            "--pythonpath",
-            str(ROOT / "perf"),
-            "--log-level",
-            "warning",
+            *("-w", "1", "--threads", "8", "-b", f"127.0.0.1:{up_port}"),
+            *("--pythonpath", str(ROOT / "perf"), "--log-level", "warning"),
             "bench_gateway:tiny_app()",
         ],
-        env=env,
-        stdout=upstream_log,
-        stderr=subprocess.STDOUT,
+        "upstream.log",
     )
-    gateway = subprocess.Popen(
-        [sys.executable, "-m", "gateway"],
-        cwd=ROOT,
-        env=env,
-        stdout=gateway_log,
-        stderr=subprocess.STDOUT,
-    )
-    direct_url = f"http://127.0.0.1:{up_port}"
-    gateway_url = f"http://127.0.0.1:{gw_port}"
-    results: dict[str, object] = {"requests_per_scenario": args.requests}
+    gateways: dict[str, str] = {}
+    results: dict[str, object] = {
+        "requests_per_scenario": args.requests,
+        "cpus": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+    }
     try:
-        wait_http(direct_url + "/health", upstream)
-        wait_http(gateway_url + "/ready", gateway)
+        wait_http(f"http://127.0.0.1:{up_port}/health", upstream)
+        for name in servers:
+            port = free_port()
+            http, loop = SERVERS[name]
+            proc = spawn(
+                [sys.executable, "-m", "gateway", "--http", http, "--loop", loop],
+                f"gateway-{name}.log",
+                {"GATEWAY_PORT": str(port)},
+            )
+            gateways[name] = f"http://127.0.0.1:{port}"
+            wait_http(gateways[name] + "/ready", proc)
+
         token = {"Authorization": f"Bearer {mint.token('bench-user', ttl=3600)}"}
-        scenarios = {
-            "direct": (direct_url + "/v1/events", {}),
-            "gateway": (gateway_url + "/v1/events", {}),
-            "gateway+token": (gateway_url + "/v1/events", token),
-        }
+        direct = f"http://127.0.0.1:{up_port}/v1/events"
+        scenarios: dict[str, tuple[str, dict[str, str]]] = {"direct": (direct, {})}
+        for name, base in gateways.items():
+            scenarios[f"gateway[{name}]"] = (base + "/v1/events", {})
+            scenarios[f"gateway[{name}]+token"] = (base + "/v1/events", token)
         table: dict[str, dict[int, dict[str, float]]] = {}
         for concurrency in (1, 10):
             for name, (url, headers) in scenarios.items():
                 stats = asyncio.run(with_aiohttp(url, headers, args.requests, concurrency))
                 table.setdefault(name, {})[concurrency] = stats
         results["scenarios"] = table
-        results["ratios"] = {
-            f"{name}/direct c={c}": {
-                "p50": round(table[name][c]["p50_ms"] / table["direct"][c]["p50_ms"], 2),
-                "p99": round(table[name][c]["p99_ms"] / table["direct"][c]["p99_ms"], 2),
-                "throughput": round(table[name][c]["rps"] / table["direct"][c]["rps"], 2),
-                "added_p50_ms": round(table[name][c]["p50_ms"] - table["direct"][c]["p50_ms"], 3),
-            }
-            for name in ("gateway", "gateway+token")
+        results["ratios vs direct"] = {
+            f"{name} c={c}": ratio(table, name, c)
+            for name in scenarios
+            if name != "direct"
             for c in (1, 10)
         }
-        results["gateway_overhead_mean_ms (own metric)"] = gateway_overhead(gateway_url)
-        results["token_verify_us"] = verify_cost(mint)
+        results["gateway_overhead_mean_ms (its own metric)"] = {
+            name: gateway_overhead(base) for name, base in gateways.items()
+        }
+        results["token_verify_us (KeySet.verify, uncached)"] = verify_cost(mint)
 
         if not args.no_httpx:
             try:
@@ -288,10 +334,10 @@ def main() -> int:
                 for concurrency in (1, 10):
                     for name, runner in (("aiohttp", with_aiohttp), ("httpx", with_httpx)):
                         clients.setdefault(name, {})[concurrency] = asyncio.run(
-                            runner(direct_url + "/v1/events", {}, args.requests, concurrency)
+                            runner(direct, {}, args.requests, concurrency)
                         )
                 results["clients"] = clients
-                results["client_ratios httpx/aiohttp"] = {
+                results["client ratios httpx/aiohttp"] = {
                     f"c={c}": {
                         "p50": round(
                             clients["httpx"][c]["p50_ms"] / clients["aiohttp"][c]["p50_ms"], 2
@@ -303,26 +349,16 @@ def main() -> int:
                     for c in (1, 10)
                 }
     finally:
-        stop(gateway)
-        stop(upstream)
-        upstream_log.close()
-        gateway_log.close()
+        for proc in reversed(procs):
+            stop(proc)
+        for log in logs:
+            log.close()
 
-    print(f"{'scenario':<16}{'c':>3}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}")
-    for name, levels in results["scenarios"].items():  # type: ignore[union-attr]
-        for c, s in levels.items():
-            print(f"{name:<16}{c:>3}{s['p50_ms']:>10}{s['p99_ms']:>10}{s['rps']:>10}")
+    print_table("through the gateway vs direct (aiohttp load client)", results["scenarios"])
     if isinstance(results.get("clients"), dict):
-        print("\nupstream client alone (direct to the upstream)")
-        for name, levels in results["clients"].items():  # type: ignore[union-attr]
-            for c, s in levels.items():
-                print(f"{name:<16}{c:>3}{s['p50_ms']:>10}{s['p99_ms']:>10}{s['rps']:>10}")
-    print()
-    print(
-        json.dumps(
-            {k: v for k, v in results.items() if k not in ("scenarios", "clients")}, indent=2
-        )
-    )
+        print_table("upstream client alone, direct to the upstream", results["clients"])
+    summary = {k: v for k, v in results.items() if k not in ("scenarios", "clients")}
+    print(json.dumps(summary, indent=2))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
