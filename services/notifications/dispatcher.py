@@ -158,6 +158,7 @@ class ReminderDispatcher:
                     "lease_owner": None,
                     "lease_until": domain.NO_LEASE,
                     "dispatched_at": stamp,
+                    "dispatched_by": self.owner,
                     "updated_at": stamp,
                 },
                 expected_version=doc["version"],
