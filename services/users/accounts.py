@@ -142,6 +142,9 @@ class Accounts:
                 self.store.claims.insert(self._claim(email, user["id"], "primary"))
                 created = self.store.users.insert(user, events=[event])
         except DuplicateKey as exc:
+            # Rolled back with the transaction; removed again in case the store could not
+            # make the two writes one unit (a claim must never outlive a failed sign-up).
+            self.store.claims.delete_many({"user_id": user["id"]})
             if "username" in exc.fields:
                 raise Taken("The username is taken.", "username") from None
             raise Taken("The email address is already on an account.", "email") from None
@@ -165,7 +168,7 @@ class Accounts:
             "expires_at": expires_at,
         }
 
-    def _check_email_free(self, email: str, now: datetime, owner: str | None = None) -> None:
+    def _check_email_free(self, email: str, now: datetime) -> None:
         """Taken unless ``email`` is on no account; an unverified secondary address whose
         token has expired is released first (so nobody can squat an address by adding it
         and never verifying it)."""
@@ -177,7 +180,6 @@ class Accounts:
             and not claim["verified"]
             and claim.get("expires_at")
             and parse_time(claim["expires_at"]) <= now
-            and claim["user_id"] != owner
         )
         if stale and self._release_stale_claim(claim):
             return
@@ -487,7 +489,8 @@ class Accounts:
         self, username: str, email: str | None, password: str | None
     ) -> tuple[dict[str, Any], bool]:
         """Create an admin account, or promote the existing account ``username`` (and set
-        its password when one is given). Returns (user, created)."""
+        its password when one is given; ``email`` is only used for a new account).
+        Returns (user, created)."""
         existing = self.store.user_by_username(username)
         if existing is None:
             if not email or not password:
