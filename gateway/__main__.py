@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 
 import uvicorn
 
@@ -46,7 +47,12 @@ def main(argv: list[str] | None = None) -> None:
         timeout_graceful_shutdown=args.graceful_timeout,
     )
     log.info("gateway listening on http://%s:%d", settings.gateway_host, settings.gateway_port)
+    # uvicorn handles SIGTERM/SIGINT itself while it runs, then re-raises the signal to the
+    # handler that was there before it; a no-op there makes a graceful stop exit with 0.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
     uvicorn.Server(config).run()
+    log.info("gateway exited")
 
 
 if __name__ == "__main__":

@@ -298,6 +298,7 @@ def test_rate_limit_answers_429_with_retry_after_and_recovers():
     assert refused.headers["Retry-After"] == "1"
     assert refused.headers["Content-Type"] == "application/problem+json"
     assert refused.json["status"] == 429
+    assert refused.headers["X-Request-ID"]
     assert client.simulate_get("/health").status_code == 200  # probes are never limited
     clock.advance(1.0)
     assert client.simulate_get("/v1/nowhere").status_code == 404
