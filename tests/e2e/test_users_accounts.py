@@ -13,6 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
+from eventpost.storage.sqlite import SqliteStore
+from services.users.store import USERS
+
 PASSWORD = "correct horse 1"
 PUBLIC_FIELDS = {"id", "username", "email", "secondary_emails", "role", "created_at"}
 
@@ -320,3 +323,9 @@ def test_twenty_concurrent_sign_ups_with_one_email(suite):
     with ThreadPoolExecutor(20) as pool:
         statuses = Counter(pool.map(sign_up, range(20)))
     assert statuses == {201: 1, 409: 19}
+    if "MONGODB_URL" not in suite.env:  # the embedded store: look at what was stored
+        store = SqliteStore(suite.data_dir / "users.sqlite3")
+        try:
+            assert store.collection(USERS).count({"email": email}) == 1
+        finally:
+            store.close()
