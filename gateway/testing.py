@@ -30,6 +30,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from eventpost.auth import AUDIENCE, ISSUER
+from eventpost.discovery import Discovery
 from eventpost.settings import Settings
 from gateway.app import Gateway, build_gateway
 from gateway.upstreams import UpstreamPolicy
@@ -372,6 +373,7 @@ def running_gateway(
     clock: Callable[[], float] | None = None,
     policies: Mapping[str, UpstreamPolicy] | None = None,
     jwks_min_refetch: float = 5.0,
+    discovery: Discovery | None = None,
     **changes: Any,
 ) -> Iterator[tuple[str, Gateway]]:
     """A gateway under uvicorn in front of ``services`` (``ports`` overrides some upstream
@@ -381,6 +383,7 @@ def running_gateway(
     )
     gw = build_gateway(
         settings,
+        discovery=discovery,
         clock=clock or ManualClock(),
         policies=policies,
         jwks_min_refetch=jwks_min_refetch,

@@ -214,6 +214,9 @@ class UpstreamClient:
             found = self.discovery.instances(name)
         except LookupError:
             found = []
+        except Exception:  # a discovery backend in trouble (Consul down, ...)
+            log.warning("discovery failed for %s", name, exc_info=True)
+            found = []
         if not found:
             raise UpstreamError(503, f"No instance of the {name} service is available.")
         return found
@@ -286,7 +289,7 @@ class UpstreamClient:
         upstream = self.upstreams[name]
         try:
             instances = self.discovery.instances(name)
-        except LookupError:
+        except Exception:  # unknown service or discovery in trouble: not ready either way
             return False
         timeout = aiohttp.ClientTimeout(total=upstream.policy.ready_timeout)
         for base in instances:

@@ -9,8 +9,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from eventpost.discovery import Discovery
 from gateway.testing import (
+    AiohttpThread,
     FakeServices,
+    FakeUpstream,
     ManualClock,
     call,
     closed_port,
@@ -334,3 +337,48 @@ def test_one_log_line_per_request_with_its_fields(gateway, fakes, caplog):
         "users",
     )
     assert record.duration_ms >= record.upstream_ms >= 0
+
+
+# --- several instances -------------------------------------------------------------------
+
+
+class ListedDiscovery(Discovery):
+    """Instances given by hand (what Consul would answer)."""
+
+    def __init__(self, instances: dict[str, list[str]]) -> None:
+        self.listed = instances
+
+    def instances(self, service: str) -> list[str]:
+        return list(self.listed.get(service, []))
+
+
+def test_round_robin_over_instances_and_connect_failures_move_on(fakes):
+    second = FakeUpstream("events-2")
+    with AiohttpThread(second.app()) as other:
+        first_url = f"http://127.0.0.1:{fakes.ports()['events']}"
+        dead_url = f"http://127.0.0.1:{closed_port()}"
+        urls = {name: [f"http://127.0.0.1:{port}"] for name, port in fakes.ports().items()}
+        discovery = ListedDiscovery({**urls, "events": [first_url, other.url]})
+        with running_gateway(fakes, discovery=discovery) as (url, _):
+            served = [call(url, "GET", "/v1/events").json["upstream"] for _ in range(4)]
+            assert sorted(served) == ["events", "events", "events-2", "events-2"]
+            assert served[0] != served[1]
+
+            # A dead instance: nothing was sent to it, so even a POST goes on to the next one.
+            discovery.listed["events"] = [dead_url, other.url]
+            token = fakes.mint.token(role="admin")
+            for _ in range(2):
+                answer = call(
+                    url,
+                    "POST",
+                    "/v1/events",
+                    body=b"{}",
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                assert answer.status == 200
+                assert answer.json["upstream"] == "events-2"
+
+            discovery.listed["events"] = []
+            none = call(url, "GET", "/v1/events")
+            assert none.status == 503
+            assert none.json["status"] == 503
