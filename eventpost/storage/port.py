@@ -10,7 +10,9 @@ is set). One contract suite (tests/contract) runs against both.
 
 Domain events go through an outbox: every write method takes ``events``, written in the same
 atomic store operation as the change; :class:`eventpost.messaging.relay.OutboxRelay` claims
-and publishes them.
+and publishes them. A write that changes nothing (``delete`` of a missing document,
+``update_many``/``delete_many`` matching none) writes no events either. Each event needs a
+unique string ``id``.
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ class NotFound(StorageError):
 
 class VersionConflict(StorageError):
     """The document's version is not the one the caller expected (optimistic locking)."""
+
+
+class InvalidCursor(StorageError, ValueError):
+    """:attr:`Query.cursor` is not a ``next_cursor`` of a query with the same sort (malformed,
+    tampered with, or from another query): a bad request parameter (422)."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,14 @@ class Query:
     distance and needs ``near``. ``id`` is always appended as the final tie-breaker, so
     pagination is stable. ``text`` matches documents whose text fields contain every word of
     it (case-insensitively; the words are searched literally, never as operators or patterns).
-    ``cursor`` is the ``next_cursor`` of the previous page of the same query."""
+    A word is a run of letters and digits; everything else only separates words, so a text
+    without any word (e.g. ``"*?"``) matches nothing.
+    ``cursor`` is the ``next_cursor`` of the previous page of the same query (else
+    :class:`InvalidCursor`). ``limit`` must be >= 1.
+
+    Filters compare scalars (str, int, float, bool, None); a field filtered or sorted on
+    should hold one type across the collection. Top-level field names starting with ``_`` or
+    ``$`` are reserved for the adapters (ValueError)."""
 
     where: Where = field(default_factory=dict)
     text: str | None = None
