@@ -15,7 +15,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
@@ -262,6 +262,16 @@ def _nested_problem(prefix: str, exc: Exception) -> ValidationProblem:
     if not errors:
         errors = [{"field": prefix, "message": str(exc)}]
     return ValidationProblem(errors, detail=errors[0]["message"])
+
+
+def next_updated_at(current: Mapping[str, Any], now: datetime) -> str:
+    """``updated_at`` for a change of ``current``: now, but always later than the previous
+    value (even if the clock stepped back), so consumers can order copies of an event."""
+    stamp = format_time(now)
+    previous = current.get("updated_at")
+    if previous and stamp <= previous:
+        stamp = format_time(parse_time(previous) + timedelta(microseconds=1))
+    return stamp
 
 
 def to_public(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from eventpost.messaging.envelope import Envelope
 from eventpost.problems import field_error
 from eventpost.settings import Settings
 from eventpost.storage import InvalidCursor, NotFound, VersionConflict
-from eventpost.timeutil import Clock, format_time
+from eventpost.timeutil import Clock
 from eventpost.validation import parse_body
 from eventpost.web import dumps
 from services.events.cache import StampedCache
@@ -28,6 +28,7 @@ from services.events.domain import (
     encode_cursor,
     etag_of,
     new_event,
+    next_updated_at,
     parse_search,
     to_public,
 )
@@ -186,7 +187,7 @@ class EventResource(_Base):
                 # Nothing to change: no write, no event.updated.
                 saved = current
                 break
-            changes["updated_at"] = format_time(self.clock())
+            changes["updated_at"] = next_updated_at(current, self.clock())
             after = to_public({**current, **changes})
             payload = {"event": after, "old_starts_at": current["starts_at"]}
             try:

@@ -22,6 +22,7 @@ from services.events.domain import (
     etag_of,
     haversine_km,
     new_event,
+    next_updated_at,
     parse_rfc3339,
     parse_search,
     to_public,
@@ -195,6 +196,15 @@ def test_patch_result_must_be_a_valid_event():
         patch_of({"starts_at": "2026-12-02T00:00:00Z", "ends_at": "2026-12-02T02:00:00Z"}),
     )
     assert moved["starts_at"] == "2026-12-02T00:00:00.000000Z"
+
+
+def test_updated_at_always_moves_forward():
+    current = stored(updated_at="2026-06-01T12:00:00.000000Z")
+    assert next_updated_at(current, NOW) == "2026-06-01T12:00:00.000001Z"
+    earlier = datetime(2026, 5, 1, tzinfo=UTC)
+    assert next_updated_at(current, earlier) == "2026-06-01T12:00:00.000001Z"
+    later = datetime(2026, 6, 2, tzinfo=UTC)
+    assert next_updated_at(current, later) == "2026-06-02T00:00:00.000000Z"
 
 
 def test_public_form_hides_bookkeeping_and_rounds_distance():
