@@ -110,7 +110,7 @@ class StartTlsSMTP(SMTP):
         self.session.host_name = None
 
 
-class TestController(LocalController):
+class StartTlsController(LocalController):
     def factory(self):
         return StartTlsSMTP(self.handler, **self.SMTP_kwargs)
 
@@ -119,7 +119,7 @@ class TestController(LocalController):
 def smtp_server(handler: Any, port: int = 0, **smtp_kwargs: Any) -> Iterator[LocalController]:
     """An aiosmtpd server on 127.0.0.1 and ``port`` (0: a free one, see ``controller.port``);
     ``smtp_kwargs`` go to aiosmtpd's SMTP (TLS, auth...)."""
-    controller = TestController(handler, hostname="127.0.0.1", port=port, **smtp_kwargs)
+    controller = StartTlsController(handler, hostname="127.0.0.1", port=port, **smtp_kwargs)
     controller.start()
     try:
         yield controller
