@@ -1,0 +1,121 @@
+"""The storage contract suite: every test runs against every adapter.
+
+``store`` is parametrized over SQLite (a fresh file), mongomock (in-memory MongoDB
+emulation) and a real MongoDB (only when ``MONGODB_URL`` is set; a fresh database per test,
+dropped afterwards). Features mongomock does not emulate are skipped on it, naming what is
+missing (:func:`needs`)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from eventpost.settings import Settings
+from eventpost.storage import CollectionSpec, Store
+
+BACKENDS = ["sqlite", "mongomock", "mongodb"]
+
+#: What mongomock 4.3 cannot do, per feature a test needs.
+MONGOMOCK_LACKS = {
+    "text": "mongomock: no $text search (text indexes are not emulated)",
+    "geo": "mongomock: no $geoWithin/$centerSphere nor the trigonometric aggregation "
+    "operators the distance is computed with",
+    "transactions": "mongomock: no sessions, so no multi-document transactions",
+    "processes": "mongomock: in-memory, one process only",
+}
+
+EVENTS = CollectionSpec(
+    name="events",
+    unique=(("slug",),),
+    indexes=(("starts_at",), ("place.city",)),
+    array_fields=("topics",),
+    text_fields=("title", "description"),
+    geo_field="place",
+)
+PEOPLE = CollectionSpec(
+    name="people",
+    unique=(("email",), ("team", "number")),
+    indexes=(("status", "due"),),
+)
+
+
+class ManualClock:
+    """A clock (epoch seconds) that moves only when told to."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def backend_of(store: Store) -> str:
+    return getattr(store, "_test_backend", "sqlite")
+
+
+def needs(store: Store, feature: str) -> None:
+    """Skip the calling test when ``store`` cannot do ``feature``."""
+    backend = backend_of(store)
+    if backend == "mongomock" and feature in MONGOMOCK_LACKS:
+        pytest.skip(MONGOMOCK_LACKS[feature])
+    transactions = backend == "mongodb" and feature == "transactions"
+    if transactions and not store.supports_transactions():  # type: ignore[attr-defined]
+        pytest.skip("mongodb: a standalone server has no multi-document transactions")
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+def _mongodb_url() -> str | None:
+    return Settings.from_env().mongodb_url
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock) -> Iterator[Store]:
+    backend = request.param
+    if backend == "sqlite":
+        from eventpost.storage.sqlite import SqliteStore
+
+        opened: Store = SqliteStore(tmp_path / "store.sqlite3", synchronous="NORMAL", clock=clock)
+    elif backend == "mongomock":
+        mongomock = pytest.importorskip("mongomock")
+        MongoStore = pytest.importorskip("eventpost.storage.mongo").MongoStore
+
+        opened = MongoStore(
+            "mongodb://mongomock.invalid",
+            database=f"eventpost_test_{uuid.uuid4().hex[:12]}",
+            clock=clock,
+            client_factory=mongomock.MongoClient,
+        )
+    else:
+        url = _mongodb_url()
+        if not url:
+            pytest.skip("mongodb: MONGODB_URL is not set")
+        MongoStore = pytest.importorskip("eventpost.storage.mongo").MongoStore
+
+        opened = MongoStore(url, database=f"eventpost_test_{uuid.uuid4().hex[:12]}", clock=clock)
+    opened._test_backend = backend  # type: ignore[attr-defined]
+    try:
+        yield opened
+    finally:
+        if backend == "mongodb":
+            opened.drop_database()  # type: ignore[attr-defined]
+        opened.close()
+
+
+@pytest.fixture
+def events(store: Store):  # type: ignore[no-untyped-def]
+    return store.collection(EVENTS)
+
+
+@pytest.fixture
+def people(store: Store):  # type: ignore[no-untyped-def]
+    return store.collection(PEOPLE)

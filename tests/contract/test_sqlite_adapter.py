@@ -1,0 +1,247 @@
+"""What only the SQLite adapter promises: several processes on one file, fork safety, its
+query plans all giving the same answers, savepoints, spec changes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+import eventpost.storage.sqlite as sqlite_adapter
+from eventpost.storage import AnyOf, CollectionSpec, DuplicateKey, Near, Query, Range
+from eventpost.storage._query import haversine_km
+from eventpost.storage.sqlite import SqliteStore
+from tests.contract.conftest import EVENTS
+
+# -- several processes ----------------------------------------------------------------------
+
+
+def _write_in_a_process(path: str, prefix: str, count: int, results) -> None:  # type: ignore[no-untyped-def]
+    store = SqliteStore(Path(path), busy_timeout=30)
+    events = store.collection(EVENTS)
+    for n in range(count):
+        events.insert(
+            {"id": f"{prefix}{n}", "topics": [prefix], "title": f"{prefix} event"},
+            events=[{"id": f"ev-{prefix}{n}", "type": "event.created", "payload": {}}],
+        )
+        if n % 10 == 0:
+            events.update(f"{prefix}{n}", {"title": "changed"})
+    store.close()
+    results.put(prefix)
+
+
+def test_two_processes_write_one_file_at_once(tmp_path):
+    path = tmp_path / "shared.sqlite3"
+    SqliteStore(path).collection(EVENTS)  # created before, as a service would at start
+    context = multiprocessing.get_context("spawn")  # fresh interpreters, like real services
+    results = context.Queue()
+    processes = [
+        context.Process(target=_write_in_a_process, args=(str(path), prefix, 150, results))
+        for prefix in ("a", "b")
+    ]
+    for process in processes:
+        process.start()
+    done = sorted(results.get(timeout=120) for _ in processes)
+    for process in processes:
+        process.join(timeout=30)
+        assert process.exitcode == 0
+    assert done == ["a", "b"]
+    store = SqliteStore(path)
+    events = store.collection(EVENTS)
+    assert events.count({}) == 300
+    assert events.count({"topics": "a"}) == 150
+    assert events.count({"title": "changed"}) == 30
+    assert store.outbox_pending() == 300
+    assert store.path.with_name("shared.sqlite3-wal").exists()  # WAL mode
+
+
+def _use_inherited_store(store: SqliteStore, results) -> None:  # type: ignore[no-untyped-def]
+    events = store.collection(EVENTS)
+    events.insert({"id": "from-child"})
+    results.put(events.count({}))
+
+
+def test_a_store_inherited_through_fork_opens_its_own_connection(tmp_path):
+    store = SqliteStore(tmp_path / "s.sqlite3")
+    events = store.collection(EVENTS)
+    events.insert({"id": "from-parent"})
+    parent_connection = store._connection()
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    process = context.Process(target=_use_inherited_store, args=(store, results))
+    process.start()
+    assert results.get(timeout=30) == 2
+    process.join(timeout=30)
+    assert process.exitcode == 0
+    assert store._connection() is parent_connection
+    assert events.get("from-child") is not None
+
+
+# -- transactions ---------------------------------------------------------------------------
+
+
+def test_a_failed_write_inside_a_transaction_leaves_the_rest(tmp_path):
+    store = SqliteStore(tmp_path / "s.sqlite3")
+    people = store.collection(CollectionSpec(name="people", unique=(("email",),)))
+    people.insert({"id": "p1", "email": "a@x.org"})
+    with store.transaction():
+        people.insert({"id": "p2", "email": "b@x.org"}, events=[{"id": "ev-1"}])
+        with pytest.raises(DuplicateKey):
+            people.insert({"id": "p3", "email": "a@x.org"}, events=[{"id": "ev-2"}])
+        with pytest.raises(RuntimeError), store.transaction():
+            people.insert({"id": "p4"}, events=[{"id": "ev-3"}])
+            raise RuntimeError("inner block fails")
+    assert sorted(d["id"] for d in people.find(Query()).items) == ["p1", "p2"]
+    assert [e["id"] for e in store.iter_outbox()] == ["ev-1"]
+
+
+def test_close_then_use_again(tmp_path):
+    store = SqliteStore(tmp_path / "s.sqlite3")
+    events = store.collection(EVENTS)
+    events.insert({"id": "e1"})
+    store.close()
+    assert events.get("e1") is not None
+    store.ping()
+
+
+def test_a_changed_spec_rebuilds_indexes_from_the_documents(tmp_path):
+    path = tmp_path / "s.sqlite3"
+    plain = SqliteStore(path).collection(CollectionSpec(name="things"))
+    plain.insert({"id": "t1", "tags": ["a", "b"], "name": "Blue chair", "at": {"lat": 1, "lng": 2}})
+    plain.insert({"id": "t2", "tags": ["b"], "name": "Red chair", "code": "x"})
+    richer = SqliteStore(path).collection(
+        CollectionSpec(
+            name="things",
+            unique=(("code",),),
+            array_fields=("tags",),
+            text_fields=("name",),
+            geo_field="at",
+        )
+    )
+    assert richer.count({"tags": "a"}) == 1
+    assert [d["id"] for d in richer.find(Query(text="chair")).items] == ["t1", "t2"]
+    assert [d["id"] for d in richer.find(Query(near=Near(1, 2, 1))).items] == ["t1"]
+    with pytest.raises(DuplicateKey):
+        richer.insert({"id": "t3", "code": "x"})
+
+
+# -- every query plan gives the same answer -------------------------------------------------
+
+WORDS = ["jazz", "rock", "night", "open", "air", "talk", "film", "and", "not"]
+CENTERS = [(48.85, 2.35), (-17.0, 179.95), (89.9, 10.0), (0.0, 0.0)]
+
+
+def _random_event(rng: random.Random, n: int) -> dict:
+    lat, lng = rng.choice(CENTERS)
+    lat = max(-90.0, min(90.0, lat + rng.uniform(-0.2, 0.2)))
+    lng = (lng + rng.uniform(-0.3, 0.3) + 180.0) % 360.0 - 180.0
+    doc = {
+        "id": f"e{n:03d}",
+        "title": " ".join(rng.sample(WORDS, 2)),
+        "description": " ".join(rng.choices(WORDS, k=3)),
+        "topics": rng.sample(["a", "b", "c", "d"], rng.randint(0, 2)),
+        "starts_at": f"2026-0{rng.randint(1, 3)}-{rng.randint(10, 28)}",
+        "place": {"city": rng.choice(["x", "y", None]), "lat": lat, "lng": lng},
+    }
+    if rng.random() < 0.1:
+        del doc["place"]
+    if rng.random() < 0.1:
+        del doc["starts_at"]
+    return doc
+
+
+def _matches(doc: dict, query: Query) -> bool:
+    for path, cond in query.where.items():
+        value = doc
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        values = value if path == "topics" else [value]
+        if isinstance(cond, AnyOf) and not any(v in cond.values for v in values):
+            return False
+        if isinstance(cond, Range) and not (
+            value is not None
+            and (cond.gte is None or value >= cond.gte)
+            and (cond.lt is None or value < cond.lt)
+        ):
+            return False
+    if query.text is not None:
+        words = set(re.findall(r"\w+", f"{doc['title']} {doc['description']}".lower()))
+        if not set(query.text.lower().split()) <= words:
+            return False
+    if query.near is not None:
+        place = doc.get("place")
+        if not place or _distance(doc, query.near) > query.near.radius_km:
+            return False
+    return True
+
+
+def _distance(doc: dict, near: Near) -> float:
+    return haversine_km(near.lat, near.lng, doc["place"]["lat"], doc["place"]["lng"])
+
+
+def _expected(docs: list[dict], query: Query) -> list[str]:
+    chosen = [d for d in docs if _matches(d, query)]
+    field, direction = query.sort[0] if query.sort else ("id", 1)
+    if field == "distance":
+        chosen.sort(key=lambda d: (_distance(d, query.near), d["id"]))
+    else:
+        # missing values first when ascending; the id follows the direction
+        chosen.sort(key=lambda d: (d.get(field) is not None, d.get(field) or "", d["id"]))
+    if direction == -1:
+        chosen.reverse()
+    return [d["id"] for d in chosen]
+
+
+def _random_query(rng: random.Random) -> Query:
+    where: dict = {}
+    if rng.random() < 0.5:
+        where["topics"] = AnyOf(rng.sample(["a", "b", "c", "d"], rng.randint(1, 2)))
+    if rng.random() < 0.5:
+        where["starts_at"] = Range(gte="2026-02-01", lt=rng.choice(["2026-03-01", "2026-04-01"]))
+    text = " ".join(rng.sample(WORDS, rng.randint(1, 2))) if rng.random() < 0.5 else None
+    near = None
+    if rng.random() < 0.7:
+        lat, lng = rng.choice(CENTERS)
+        near = Near(lat, lng, rng.choice([5.0, 20.0, 60.0]))
+    sorts = [(("starts_at", 1),), (("starts_at", -1),), ()]
+    if near is not None:
+        sorts.append((("distance", 1),))
+    return Query(where=where, text=text, near=near, sort=rng.choice(sorts), limit=7)
+
+
+PLANS = {
+    "candidates lead": {"CANDIDATES_CAP": 10**9},
+    "table walks": {"CANDIDATES_CAP": 0},
+    "walk runs out of time": {"CANDIDATES_CAP": 0, "WALK_BUDGET_SECONDS": -1.0},
+    "text row by row": {"CANDIDATES_CAP": 0, "DENSE_TEXT": 0},
+}
+
+
+@pytest.mark.parametrize("plan", list(PLANS))
+def test_every_plan_pages_through_the_right_documents(tmp_path, monkeypatch, plan):
+    for name, value in PLANS[plan].items():
+        monkeypatch.setattr(sqlite_adapter, name, value)
+    rng = random.Random(20260101)
+    store = SqliteStore(tmp_path / "s.sqlite3")
+    events = store.collection(EVENTS)
+    docs = [_random_event(rng, n) for n in range(250)]
+    with store.transaction():
+        for doc in docs:
+            events.insert(doc)
+    checked = 0
+    for _ in range(40):
+        query = _random_query(rng)
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page = events.find(Query(**{**query.__dict__, "cursor": cursor}))
+            seen += [d["id"] for d in page.items]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert seen == _expected(docs, query), query
+        checked += len(seen)
+    assert checked > 100  # the queries found something
