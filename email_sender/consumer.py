@@ -193,7 +193,8 @@ class EmailSender:
 
     def on_exhausted(self, envelope: Envelope, error: BaseException) -> None:
         """The consumer gave the message up (out of retries, or it can never be sent):
-        record it and publish ``email.failed`` when the job has a ``correlation``."""
+        record it and publish ``email.failed`` when the job has a ``correlation`` (or
+        ``email.sent`` again when the email did go out and only its report kept failing)."""
         payload = envelope.payload if isinstance(envelope.payload, Mapping) else {}
         attempt = attempt_var.get() or self.max_attempts
         try:
@@ -208,7 +209,15 @@ class EmailSender:
             extra={"idempotency_key": key, "attempt": attempt, "error": repr(error)},
         )
         if job is not None and not isinstance(error, PermanentError):
-            self._deliveries().failed(job.idempotency_key, _reason(error), attempt, permanent=False)
+            record = self._deliveries().failed(
+                job.idempotency_key, _reason(error), attempt, permanent=False
+            )
+            if record.status == SENT:
+                # The email went out; what kept failing came after (reporting it).
+                self._report_sent(
+                    envelope, job, record.message_id or "", record.sent_at or "", record.attempts
+                )
+                return
         self._report_failed(envelope, to, key, correlation, error, attempt)
 
     def close(self) -> None:

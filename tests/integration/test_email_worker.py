@@ -9,7 +9,7 @@ from __future__ import annotations
 import pika
 import pytest
 
-from eventpost.messaging import Envelope
+from eventpost.messaging import Envelope, Publisher, PublishError
 from tests.integration._amqp import Broker, broker, unique, wait_until
 from tests.integration.test_email_support import (
     MAIL_FROM,
@@ -235,3 +235,32 @@ def test_a_duplicate_job_is_sent_once_and_reported_again(broker: Broker, tmp_pat
     assert [o.type for o in outcomes] == ["email.sent", "email.sent"]
     assert outcomes[0].payload == outcomes[1].payload
     assert outcomes[0].id == outcomes[1].id
+
+
+def test_when_only_the_report_keeps_failing_the_email_is_sent_once_and_reported_sent(
+    broker: Broker, tmp_path
+):
+    failures = {"left": 2}
+
+    class FlakyPublisher(Publisher):
+        def publish(self, envelope, routing_key=None):
+            if failures["left"] > 0:
+                failures["left"] -= 1
+                raise PublishError("broker unreachable (test)")
+            super().publish(envelope, routing_key)
+
+    handler = ScriptedHandler()
+    with smtp_server(handler) as server:
+        wired = wire(broker, tmp_path, server.port, retry_delays=(0.2,))
+        wired.sender._publisher_factory = lambda: FlakyPublisher(
+            broker.url, exchange=broker.exchange, connection_name=unique("flaky")
+        )
+        with consuming(wired):
+            wired.publish(email_job())
+            outcomes: list[Envelope] = []
+            collect(wired, outcomes, 1)
+        wired.sender.close()
+    assert len(handler.accepted) == 1
+    [sent] = outcomes
+    assert sent.type == "email.sent"
+    assert sent.payload["attempts"] == 1
