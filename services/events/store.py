@@ -1,11 +1,15 @@
 """The events service's collections over the storage port, and the change stamp that keeps
-the read cache honest across threads and processes."""
+the read cache honest across threads and processes.
+
+Every write to events also bumps the ``version`` of one stamp document (in the same
+transaction where the store has transactions); readers key their cache on it."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from eventpost.storage import (
@@ -115,7 +119,7 @@ class EventRepository:
 
     def insert(self, doc: Mapping[str, Any], *, events: Sequence[OutboxEvent] = ()) -> dict:
         """Store a new event with its outbox events."""
-        with self.store.transaction():
+        with self._atomic():
             saved = self._events.insert(dict(doc), events=events)
             self._bump()
         return saved
@@ -127,7 +131,7 @@ class EventRepository:
     ) -> int:
         """Bulk load (``invoke populate --direct``): one transaction, with the outbox events
         ``events_of(doc)`` gives for each document (none by default)."""
-        with self.store.transaction():
+        with self._atomic():
             for doc in docs:
                 self._events.insert(dict(doc), events=events_of(doc) if events_of else ())
             self._bump()
@@ -142,7 +146,7 @@ class EventRepository:
         events: Sequence[OutboxEvent] = (),
     ) -> dict:
         """Change an event; raises NotFound / VersionConflict."""
-        with self.store.transaction():
+        with self._atomic():
             saved = self._events.update(
                 event_id, changes, expected_version=expected_version, events=events
             )
@@ -153,11 +157,23 @@ class EventRepository:
         self, event_id: str, *, expected_version: int, events: Sequence[OutboxEvent] = ()
     ) -> bool:
         """Remove an event; False when there was none. Raises VersionConflict."""
-        with self.store.transaction():
+        with self._atomic():
             gone = self._events.delete(event_id, expected_version=expected_version, events=events)
             if gone:
                 self._bump()
         return gone
+
+    def _atomic(self) -> AbstractContextManager[None]:
+        """One transaction for a write and its stamp bump where the store has transactions.
+
+        Where it has none (a standalone MongoDB, mongomock) the write (with its outbox
+        events, atomic on its own) comes first and the bump right after, before the client is
+        answered; a reader that sees the new stamp therefore sees the write. Only a crash
+        between the two leaves other processes' caches stale, for at most their TTL."""
+        supports = getattr(self.store, "supports_transactions", None)
+        if supports is not None and not supports():
+            return contextlib.nullcontext()
+        return self.store.transaction()
 
     def _bump(self) -> None:
         self.store.collection(CHANGES).update(_STAMP_ID, {"changed_at": format_time(self._clock())})

@@ -12,7 +12,7 @@ import pytest
 
 from eventpost.timeutil import format_time
 from services.events.domain import haversine_km
-from tests.integration.test_events_support import event_body, make_api, open_backend
+from tests.integration.test_events_support import event_body, make_api, needs, open_backend
 
 CITIES = {
     "paris": (48.8566, 2.3522),
@@ -157,6 +157,7 @@ COMBINATIONS = [
 @pytest.mark.parametrize("combo", COMBINATIONS, ids=lambda c: "+".join(c) or "none")
 def test_every_filter_combination_matches_the_oracle(loaded, combo):
     api, events = loaded
+    needs(api.store, *(["geo"] if "near" in combo else []), *(["text"] if "q" in combo else []))
     spec: dict = {}
     for name in combo:
         spec.update(FILTERS[name])
@@ -198,6 +199,7 @@ def test_time_window_bounds_are_inclusive_and_offsets_count(loaded):
 
 def test_geo_radius_distance_and_order(loaded):
     api, events = loaded
+    needs(api.store, "geo")
     here = CITIES["paris"]
     items = fetch_all(api, near=f"{here[0]},{here[1]}", radius_km="20", sort="distance")
     assert items
@@ -216,6 +218,7 @@ def test_geo_radius_distance_and_order(loaded):
 
 def test_a_point_across_the_antimeridian_is_found(loaded):
     api, events = loaded
+    needs(api.store, "geo")
     # Just west of the antimeridian; Taveuni's events lie east of it at lng up to 180.
     query = (-16.85, -179.9)
     expected = oracle(events, near=query, radius=60.0, sort="distance")
@@ -228,6 +231,7 @@ def test_a_point_across_the_antimeridian_is_found(loaded):
 
 def test_events_without_coordinates_are_never_near(loaded):
     api, _ = loaded
+    needs(api.store, "geo")
     items = fetch_all(api, near="0,0", radius_km="20000")
     assert all(e["place"]["name"] != "Online" for e in items)
     assert any(e["place"]["name"] == "Online" for e in fetch_all(api, topic="jazz"))
@@ -284,6 +288,7 @@ def fresh(request, tmp_path):
 
 
 def test_q_finds_jazz_in_title_or_description_case_insensitively(fresh):
+    needs(fresh.store, "text")
     a = fresh.create(title="Jazz night", description="Standards.")
     b = fresh.create(title="Open stage", description="Bring your JAZZ tunes")
     fresh.create(title="Rock night", description="Loud guitars", topics=["rock"])
@@ -298,6 +303,7 @@ def test_q_finds_jazz_in_title_or_description_case_insensitively(fresh):
     "q", [".*", "(", "a|b", "[x]", "$where", '{"$ne": null}', "*", "jazz OR rock", "\\", "'"]
 )
 def test_operators_in_q_are_searched_literally(fresh, q):
+    needs(fresh.store, "text")
     fresh.create(title="Jazz night", description="Standards")
     fresh.create(title="Rock night", description="Loud", topics=["rock"])
     resp = fresh.search(q=q)
@@ -307,6 +313,7 @@ def test_operators_in_q_are_searched_literally(fresh, q):
 
 
 def test_literal_punctuation_around_words(fresh):
+    needs(fresh.store, "text")
     match = fresh.create(title="C++ and Rust meetup", description="(hands-on)")
     fresh.create(title="Python meetup", description="intro")
     ids = [e["id"] for e in fresh.search(q="c++ (rust)").json["items"]]

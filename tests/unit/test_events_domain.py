@@ -370,3 +370,31 @@ def test_stamped_cache_recomputes_after_a_newer_stamp():
     now[0] = 61.0
     assert cache.get_or_compute(2, "k", compute("f")) == "f"
     assert calls == ["a", "c", "d", "f"]
+
+
+def test_store_query_of_a_search():
+    from eventpost.storage import AnyOf, Near, Range
+    from services.events.store import store_query
+
+    search = parse_search(
+        {
+            "topic": "jazz",
+            "from": "2026-12-01T00:00:00Z",
+            "near": "48.85,2.35",
+            "radius_km": "3",
+            "q": "late",
+            "sort": "distance",
+            "limit": "5",
+        }
+    )
+    query = store_query(search, "inner")
+    assert query.where == {
+        "topics": AnyOf(["jazz"]),
+        "starts_at": Range(gte="2026-12-01T00:00:00.000000Z"),
+    }
+    assert query.near == Near(lat=48.85, lng=2.35, radius_km=3.0)
+    assert query.text == "late"
+    assert query.sort == (("distance", 1), ("starts_at", 1))
+    assert (query.limit, query.cursor) == (5, "inner")
+    plain = store_query(parse_search({}), None)
+    assert plain.where == {} and plain.near is None and plain.sort == (("starts_at", 1),)
