@@ -27,19 +27,29 @@ T = TypeVar("T")
 _MISSING = object()
 
 
+def approximate_size(value: object) -> int:
+    """Roughly the bytes an entry holds: its rendered text (str entries, or the ``text``
+    field of tuple entries), plus a fixed overhead."""
+    text = value if isinstance(value, str) else getattr(value, "text", "")
+    return 256 + 2 * len(text) if isinstance(text, str) else 256
+
+
 class StampedCache:
-    """A thread-safe TTL cache whose entries belong to one change stamp.
+    """A thread-safe TTL cache, bounded in (approximate) bytes, whose entries belong to one
+    change stamp.
 
     When a newer stamp is seen, every older entry is dropped at once. A reader holding an
     older stamp than the newest seen (it raced a write) computes without caching."""
 
     def __init__(
         self,
-        maxsize: int = 4096,
+        max_bytes: int = 32 * 1024 * 1024,
         ttl: float = 60.0,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._entries: TTLCache = TTLCache(maxsize=maxsize, ttl=ttl, timer=timer)
+        self._entries: TTLCache = TTLCache(
+            maxsize=max_bytes, ttl=ttl, timer=timer, getsizeof=approximate_size
+        )
         self._stamp = -1
         self._lock = threading.Lock()
         self.hits = 0

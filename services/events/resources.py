@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import falcon
 from falcon.uri import parse_query_string
@@ -43,6 +43,15 @@ CALENDAR = "text/calendar; charset=utf-8"
 # so nobody is served an event older than a write they made.
 CACHE_CONTROL = "no-cache"
 _PATCH_TRIES = 5
+
+
+class CachedEvent(NamedTuple):
+    """What the read cache keeps of one event."""
+
+    public: dict[str, Any]
+    text: str
+    etag: str
+    version: int
 
 
 def require_admin(req: falcon.Request, verifier: Any) -> Claims:
@@ -96,14 +105,15 @@ class _Base:
             type_, payload, request_id=req.context.request_id, clock=self.clock
         ).to_dict()
 
-    def _cached_event(self, event_id: str) -> tuple[dict[str, Any], str, int] | None:
-        """(public event, ETag, version) of an event through the read cache, or None."""
+    def _cached_event(self, event_id: str) -> CachedEvent | None:
+        """An event through the read cache, or None."""
 
-        def load() -> tuple[dict[str, Any], str, int] | None:
+        def load() -> CachedEvent | None:
             doc = self.repo.get(event_id)
             if doc is None:
                 return None
-            return to_public(doc), etag_of(doc), int(doc["version"])
+            public = to_public(doc)
+            return CachedEvent(public, dumps(public), etag_of(doc), int(doc["version"]))
 
         return self.cache.get_or_compute(self.repo.stamp(), ("event", event_id), load)
 
@@ -153,25 +163,24 @@ class EventResource(_Base):
         found = self._cached_event(event_id)
         if found is None:
             raise _not_found()
-        public, etag, _ = found
-        resp.etag = etag
+        resp.etag = found.etag
         resp.cache_control = [CACHE_CONTROL]
-        if req.if_none_match and any(tag == "*" or tag == etag for tag in req.if_none_match):
+        tags = req.if_none_match
+        if tags and any(tag == "*" or tag == found.etag for tag in tags):
             resp.status = falcon.HTTP_304
             return
-        resp.text = dumps(public)
+        resp.text = found.text
         resp.content_type = JSON
 
     def on_get_ics(self, req: falcon.Request, resp: falcon.Response, event_id: str) -> None:
         found = self._cached_event(event_id)
         if found is None:
             raise _not_found()
-        public, etag, version = found
-        resp.etag = etag
+        resp.etag = found.etag
         resp.cache_control = [CACHE_CONTROL]
         resp.content_type = CALENDAR
         resp.set_header("Content-Disposition", f'inline; filename="event-{event_id}.ics"')
-        resp.data = event_calendar(public, version)
+        resp.data = event_calendar(found.public, found.version)
 
     def on_patch(self, req: falcon.Request, resp: falcon.Response, event_id: str) -> None:
         claims = require_admin(req, self.verifier)

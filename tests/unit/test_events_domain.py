@@ -351,7 +351,7 @@ def test_ics_without_optional_parts():
 
 def test_stamped_cache_recomputes_after_a_newer_stamp():
     now = [0.0]
-    cache = StampedCache(maxsize=10, ttl=60, timer=lambda: now[0])
+    cache = StampedCache(max_bytes=10_000, ttl=60, timer=lambda: now[0])
     calls = []
 
     def compute(value):
@@ -398,3 +398,11 @@ def test_store_query_of_a_search():
     assert (query.limit, query.cursor) == (5, "inner")
     plain = store_query(parse_search({}), None)
     assert plain.where == {} and plain.near is None and plain.sort == (("starts_at", 1),)
+
+
+def test_stamped_cache_is_bounded_in_bytes():
+    cache = StampedCache(max_bytes=10_000)
+    for i in range(100):
+        cache.get_or_compute(1, i, lambda: "x" * 1000)
+    assert len(cache._entries) <= 10_000 // (256 + 2000)
+    assert cache.get_or_compute(1, 99, lambda: "fresh") == "x" * 1000  # the newest stays
