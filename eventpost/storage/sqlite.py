@@ -267,14 +267,21 @@ class SqliteStore(Store):
 
     # -- outbox ---------------------------------------------------------------------------
 
-    def append_events(self, conn: sqlite3.Connection, events: Sequence[OutboxEvent]) -> None:
-        """Write ``events`` to the outbox in the transaction of ``conn`` (internal)."""
+    @staticmethod
+    def outbox_rows(events: Sequence[OutboxEvent]) -> list[tuple[str, str]]:
+        """The outbox rows (id, body) of ``events``, checked before anything is written
+        (internal)."""
         rows = []
         for event in events:
             event_id = event.get("id")
             if not isinstance(event_id, str) or not event_id:
                 raise ValueError("an outbox event needs a non-empty string id")
             rows.append((event_id, _dumps(dict(event))))
+        return rows
+
+    @staticmethod
+    def write_outbox(conn: sqlite3.Connection, rows: list[tuple[str, str]]) -> None:
+        """Insert outbox rows in the transaction of ``conn`` (internal)."""
         conn.executemany("INSERT INTO outbox(id, body) VALUES (?, ?)", rows)
 
     def outbox_claim(self, owner: str, lease_seconds: float, limit: int = 100) -> list[Document]:
@@ -330,12 +337,13 @@ class SqliteCollection(Collection):
         new = check_new_document(doc)
         new["version"] = 1
         text = _dumps(new)
+        outbox = self._store.outbox_rows(events)
         with self._writing() as conn:
             conn.execute(
                 f"INSERT INTO {self._table}(id, version, doc) VALUES (?, 1, ?)",
                 (new["id"], text),
             )
-            self._store.append_events(conn, events)
+            self._store.write_outbox(conn, outbox)
         return json.loads(text)
 
     def get(self, doc_id: str) -> Document | None:
@@ -351,6 +359,7 @@ class SqliteCollection(Collection):
         events: Sequence[OutboxEvent] = (),
     ) -> Document:
         changes = check_changes(changes)
+        outbox = self._store.outbox_rows(events)
         with self._writing() as conn:
             row = conn.execute(
                 f"SELECT rid, doc FROM {self._table} WHERE id = ?", (doc_id,)
@@ -360,7 +369,7 @@ class SqliteCollection(Collection):
             doc = json.loads(row[1])
             _check_version(doc_id, doc["version"], expected_version)
             new = self._rewrite(conn, row[0], doc, changes)
-            self._store.append_events(conn, events)
+            self._store.write_outbox(conn, outbox)
         return new
 
     def delete(
@@ -370,6 +379,7 @@ class SqliteCollection(Collection):
         expected_version: int | None = None,
         events: Sequence[OutboxEvent] = (),
     ) -> bool:
+        outbox = self._store.outbox_rows(events)
         with self._writing() as conn:
             row = conn.execute(
                 f"SELECT rid, version FROM {self._table} WHERE id = ?", (doc_id,)
@@ -378,7 +388,7 @@ class SqliteCollection(Collection):
                 return False
             _check_version(doc_id, row[1], expected_version)
             conn.execute(f"DELETE FROM {self._table} WHERE rid = ?", (row[0],))
-            self._store.append_events(conn, events)
+            self._store.write_outbox(conn, outbox)
         return True
 
     def _rewrite(
@@ -418,6 +428,7 @@ class SqliteCollection(Collection):
         events: Sequence[OutboxEvent] = (),
     ) -> int:
         changes = check_changes(changes)
+        outbox = self._store.outbox_rows(events)
         bind = Params()
         sql = f"SELECT t.rid, t.doc FROM {self._table} AS t{self._filter(where, bind)}"
         with self._writing() as conn:
@@ -425,10 +436,11 @@ class SqliteCollection(Collection):
             for rid, text in rows:
                 self._rewrite(conn, rid, json.loads(text), changes)
             if rows:
-                self._store.append_events(conn, events)
+                self._store.write_outbox(conn, outbox)
         return len(rows)
 
     def delete_many(self, where: Where, *, events: Sequence[OutboxEvent] = ()) -> int:
+        outbox = self._store.outbox_rows(events)
         bind = Params()
         sql = (
             f"DELETE FROM {self._table} WHERE rid IN "
@@ -437,7 +449,7 @@ class SqliteCollection(Collection):
         with self._writing() as conn:
             deleted = conn.execute(sql, bind.values).rowcount
             if deleted:
-                self._store.append_events(conn, events)
+                self._store.write_outbox(conn, outbox)
         return deleted
 
     def claim(

@@ -25,6 +25,9 @@ MONGOMOCK_LACKS = {
     "operators the distance is computed with",
     "transactions": "mongomock: no sessions, so no multi-document transactions",
     "processes": "mongomock: in-memory, one process only",
+    "threads": "mongomock: not thread-safe (find_one_and_update and unique checks are not "
+    "atomic across threads)",
+    "bool-vs-number": "mongomock: compares true == 1 as Python does (MongoDB does not)",
 }
 
 EVENTS = CollectionSpec(
@@ -78,8 +81,28 @@ def _mongodb_url() -> str | None:
     return Settings.from_env().mongodb_url
 
 
+def _teach_mongomock_type_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mongomock 4.3 evaluates ``$type`` with one type only; MongoDB also takes a list
+    (the unique indexes' partial filters use one). Extend the emulation, not the adapter."""
+    from mongomock import filtering
+
+    single = filtering._type_op
+
+    def any_type(doc_val, search_val, in_array=False):  # type: ignore[no-untyped-def]
+        if isinstance(search_val, list):
+            return any(single(doc_val, one, in_array) for one in search_val)
+        return single(doc_val, search_val, in_array)
+
+    monkeypatch.setitem(filtering._filterer_inst._operator_map, "$type", any_type)
+
+
 @pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock) -> Iterator[Store]:
+def store(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Store]:
     backend = request.param
     if backend == "sqlite":
         from eventpost.storage.sqlite import SqliteStore
@@ -87,6 +110,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock) ->
         opened: Store = SqliteStore(tmp_path / "store.sqlite3", synchronous="NORMAL", clock=clock)
     elif backend == "mongomock":
         mongomock = pytest.importorskip("mongomock")
+        _teach_mongomock_type_lists(monkeypatch)
         MongoStore = pytest.importorskip("eventpost.storage.mongo").MongoStore
 
         opened = MongoStore(

@@ -47,7 +47,8 @@ def test_claim_with_a_range_filter(jobs):
     assert jobs.claim(due, {"status": "taken"}) is None
 
 
-def test_concurrent_claims_from_threads_never_share_a_document(jobs):
+def test_concurrent_claims_from_threads_never_share_a_document(store, jobs):
+    needs(store, "threads")
     _fill(jobs, 40)
     taken: list[list[str]] = [[] for _ in range(4)]
 

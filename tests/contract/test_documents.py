@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from eventpost.storage import DuplicateKey, NotFound, VersionConflict
+from tests.contract.conftest import needs
 
 
 def test_insert_sets_version_1_and_get_returns_the_document(events):
@@ -92,7 +93,8 @@ def test_update_to_a_taken_unique_value_changes_nothing(people):
     assert people.get("p2") == {"id": "p2", "email": "b@x.org", "version": 1}
 
 
-def test_concurrent_inserts_of_one_unique_value_exactly_one_wins(people):
+def test_concurrent_inserts_of_one_unique_value_exactly_one_wins(store, people):
+    needs(store, "threads")
     results: list[str] = []
     barrier = threading.Barrier(6)
 
