@@ -135,9 +135,12 @@ class ReminderDispatcher:
         """Move each claimed reminder to ``sending`` with its job in the outbox, if the claim
         is still this dispatcher's; returns how many were handed over."""
         handed = 0
-        for doc in claimed:
-            if self._hand_over_one(doc):
-                handed += 1
+        # One commit for the batch; each write is a savepoint of its own, so a stale claim
+        # (VersionConflict) leaves the others in.
+        with self.store.transaction():
+            for doc in claimed:
+                if self._hand_over_one(doc):
+                    handed += 1
         return handed
 
     def _hand_over_one(self, doc: dict[str, Any]) -> bool:
