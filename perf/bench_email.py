@@ -171,7 +171,12 @@ def main() -> None:
     summary = {
         "benchmark": "email-sender: RabbitMQ -> python -m email_sender -> aiosmtpd file sink",
         "command": "python perf/bench_email.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            # The machine is shared: the figures move with what else runs.
+            "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+        },
         "prefetch": args.prefetch,
         "log_level": args.log_level,
         "results": results,
