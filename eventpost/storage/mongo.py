@@ -303,6 +303,8 @@ class MongoCollection(Collection):
         """Create the spec's indexes when missing (one whose definition changed is
         replaced)."""
         for name, fields in self._unique_names.items():
+            if fields == ("id",):
+                continue  # _id is unique already
             keys = [(mongo_path(f), 1) for f in fields]
             partial = {mongo_path(f): {"$type": NON_NULL_TYPES} for f in fields}
             self._index(keys, name, unique=True, partialFilterExpression=partial)
