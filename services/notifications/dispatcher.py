@@ -41,9 +41,9 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from eventpost import contracts
 from eventpost.logs import configure_logging
@@ -52,12 +52,22 @@ from eventpost.messaging.consumer import backoff_delay
 from eventpost.messaging.publisher import Unroutable
 from eventpost.messaging.worker import Worker
 from eventpost.settings import Settings
-from eventpost.storage import NotFound, Query, Range, Store, VersionConflict, open_store
+from eventpost.storage import (
+    NotFound,
+    Query,
+    Range,
+    StorageError,
+    Store,
+    VersionConflict,
+    open_store,
+)
 from eventpost.timeutil import Clock, format_time, parse_time, utcnow
 from services.notifications import domain
 from services.notifications.store import claim_due, notifications
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 DEFAULT_LEASE_SECONDS = 30.0
 DEFAULT_BATCH = 100
@@ -111,22 +121,27 @@ class ReminderDispatcher:
         self.relay = relay
         self.pause_after_claim = pause_after_claim
         self._flush_failures = 0
+        self._batch_writes = True
         self._flush_not_before = 0.0
 
     # -- one round -----------------------------------------------------------------------
 
     def claim(self) -> list[dict[str, Any]]:
-        """Lease up to ``batch`` due reminders to this dispatcher (one transaction)."""
+        """Lease up to ``batch`` due reminders to this dispatcher."""
         now = self.clock()
         now_s = format_time(now)
         until = format_time(now + self.lease)
-        claimed: list[dict[str, Any]] = []
-        with self.store.transaction():
+
+        def claim_batch() -> list[dict[str, Any]]:
+            claimed: list[dict[str, Any]] = []
             while len(claimed) < self.batch:
                 doc = claim_due(self.coll, now=now_s, owner=self.owner, lease_until=until)
                 if doc is None:
                     break
                 claimed.append(doc)
+            return claimed
+
+        claimed = self._batched(claim_batch)
         if claimed:
             log.info("claimed due reminders", extra={"count": len(claimed), "owner": self.owner})
         return claimed
@@ -134,14 +149,27 @@ class ReminderDispatcher:
     def hand_over(self, claimed: Sequence[dict[str, Any]]) -> int:
         """Move each claimed reminder to ``sending`` with its job in the outbox, if the claim
         is still this dispatcher's; returns how many were handed over."""
-        handed = 0
-        # One commit for the batch; each write is a savepoint of its own, so a stale claim
-        # (VersionConflict) leaves the others in.
-        with self.store.transaction():
-            for doc in claimed:
-                if self._hand_over_one(doc):
-                    handed += 1
-        return handed
+        # Each write is a savepoint of its own, so a stale claim (VersionConflict) leaves the
+        # others of the batch in.
+        return self._batched(lambda: sum(1 for doc in claimed if self._hand_over_one(doc)))
+
+    def _batched(self, work: Callable[[], _T]) -> _T:
+        """``work`` in one store transaction (one commit for a whole batch: what makes the
+        embedded store fast). Each single write is atomic by itself, so when a transaction
+        fails as a whole (e.g. a MongoDB write conflict between two dispatchers' transactions,
+        rolled back entirely) the work is done again write by write, and from then on always
+        so."""
+        if self._batch_writes:
+            try:
+                with self.store.transaction():
+                    return work()
+            except StorageError as exc:
+                self._batch_writes = False
+                log.warning(
+                    "a batched transaction failed; writing one reminder at a time from now on",
+                    extra={"error": repr(exc)},
+                )
+        return work()
 
     def _hand_over_one(self, doc: dict[str, Any]) -> bool:
         now = self.clock()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from services.notifications.store import notifications
-from tests.unit.test_notifications_support import api  # noqa: F401 - fixture
+from tests.unit.test_notifications_support import any_store, api  # noqa: F401 - fixtures
 
 EV = "ev1"
 

@@ -8,21 +8,18 @@ from datetime import timedelta
 import pytest
 
 from eventpost.messaging import Envelope, PermanentError
-from eventpost.storage.sqlite import SqliteStore
 from eventpost.timeutil import format_time
 from services.notifications import domain
 from services.notifications.consumers import NotificationHandlers
 from services.notifications.dispatcher import ReminderDispatcher
 from services.notifications.store import notifications
 from tests.unit.test_notifications_domain import EVENT, USER
-from tests.unit.test_notifications_support import Clock
+from tests.unit.test_notifications_support import Clock, any_store  # noqa: F401
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = SqliteStore(tmp_path / "n.sqlite3", synchronous="NORMAL")
-    yield s
-    s.close()
+def store(any_store):  # noqa: F811
+    return any_store
 
 
 @pytest.fixture

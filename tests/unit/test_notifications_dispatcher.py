@@ -3,24 +3,24 @@ checked in the outbox)."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
 
+from eventpost.storage import StorageError
 from eventpost.storage.sqlite import SqliteStore
 from eventpost.timeutil import format_time
 from services.notifications import domain
 from services.notifications.dispatcher import ReminderDispatcher
 from services.notifications.store import notifications
 from tests.unit.test_notifications_domain import EVENT, USER
-from tests.unit.test_notifications_support import Clock
+from tests.unit.test_notifications_support import Clock, any_store  # noqa: F401
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = SqliteStore(tmp_path / "n.sqlite3", synchronous="NORMAL")
-    yield s
-    s.close()
+def store(any_store):  # noqa: F811
+    return any_store
 
 
 @pytest.fixture
@@ -166,3 +166,25 @@ def test_next_wait_wakes_for_the_next_due_reminder(store, clock):
     assert d.next_wait() == pytest.approx(0.25)
     add(store, clock, in_seconds=30, prefix="later")
     assert d.next_wait() == pytest.approx(0.25)
+
+
+class ConflictingTransactions(SqliteStore):
+    """A store whose multi-write transactions fail as a whole and are rolled back (as two
+    dispatchers' MongoDB transactions can), while single writes work."""
+
+    @contextmanager
+    def transaction(self):
+        with super().transaction():
+            yield
+            raise StorageError("WriteConflict: the transaction was aborted")
+
+
+def test_a_failing_batch_transaction_is_redone_write_by_write(tmp_path, clock):
+    store = ConflictingTransactions(tmp_path / "c.sqlite3", synchronous="NORMAL")
+    ids = add(store, clock, 5)
+    d = dispatcher(store, clock, owner="d1")
+    assert d.run_once() == 5
+    keys = sorted(j["payload"]["idempotency_key"] for j in jobs(store))
+    assert [k.split(":")[1] for k in keys] == sorted(ids)
+    assert notifications(store).count({"status": "sending"}) == 5
+    store.close()

@@ -104,11 +104,11 @@ class OtherServices:
 class Api:
     """A TestClient over the notifications app with a real SqliteStore."""
 
-    def __init__(self, tmp_path) -> None:
+    def __init__(self, tmp_path, store) -> None:
         self.clock = Clock()
         self.signer = Signer()
         self.others = OtherServices(self.signer)
-        self.store = SqliteStore(tmp_path / "notifications.sqlite3")
+        self.store = store
         self.app = create_app(
             Settings(service="notifications", data_dir=tmp_path),
             store=self.store,
@@ -125,6 +125,28 @@ class Api:
         return self.client.simulate_request(method, path, headers=headers, **kwargs)
 
 
+@pytest.fixture(params=["sqlite", "mongomock"])
+def any_store(request, tmp_path, monkeypatch):
+    """The notifications store on each adapter that runs without a server: SQLite (a fresh
+    file) and MongoStore over mongomock (in-memory MongoDB emulation)."""
+    if request.param == "sqlite":
+        store = SqliteStore(tmp_path / "n.sqlite3", synchronous="NORMAL")
+    else:
+        import mongomock
+
+        from eventpost.storage.mongo import MongoStore
+        from tests.contract.conftest import _teach_mongomock_type_lists
+
+        _teach_mongomock_type_lists(monkeypatch)
+        store = MongoStore(
+            "mongodb://mongomock.invalid",
+            database=f"eventpost_notifications_{uuid.uuid4().hex[:8]}",
+            client_factory=mongomock.MongoClient,
+        )
+    yield store
+    store.close()
+
+
 @pytest.fixture
-def api(tmp_path) -> Api:
-    return Api(tmp_path)
+def api(tmp_path, any_store) -> Api:
+    return Api(tmp_path, any_store)
