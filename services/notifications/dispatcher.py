@@ -69,9 +69,9 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-DEFAULT_LEASE_SECONDS = 30.0
+DEFAULT_LEASE_SECONDS = 10.0
 DEFAULT_BATCH = 100
-DEFAULT_RELAY_LEASE_SECONDS = 15.0
+DEFAULT_RELAY_LEASE_SECONDS = 10.0
 
 
 class JobPublisher(Publisher):

@@ -60,7 +60,7 @@ def build_worker(
     *,
     exchange: str = EXCHANGE,
     queue_prefix: str = "notifications",
-    relay_lease: float = 15.0,
+    relay_lease: float = 10.0,
 ) -> Worker:
     """The worker with its relay and consumers (tests pass their own exchange and prefix)."""
     worker = Worker("notifications-worker")
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Notifications relay and consumers.")
     parser.add_argument("--exchange", default=EXCHANGE, help="topic exchange (tests)")
     parser.add_argument("--queue-prefix", default="notifications", help="queue names (tests)")
-    parser.add_argument("--relay-lease", type=float, default=15.0, help="seconds")
+    parser.add_argument("--relay-lease", type=float, default=10.0, help="seconds")
     args = parser.parse_args(argv)
     settings = Settings.from_env("notifications")
     configure_logging("notifications-worker", settings.log_level)

@@ -2,16 +2,21 @@
 exchange per test): SIGKILL while it holds claims, several dispatchers at once.
 
 A test queue bound to ``email.send`` on the test's exchange records every job published;
-jobs are counted by idempotency key."""
+jobs are counted by idempotency key. The last test delivers through the real email-sender to
+an aiosmtpd sink and counts emails."""
 
 from __future__ import annotations
 
+import random
 import time
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from email_sender.handlers import IDEMPOTENCY_HEADER
+from email_sender.sink import Mailbox, SmtpSink
 from eventpost.storage import Range
 from eventpost.storage.sqlite import SqliteStore
 from eventpost.timeutil import format_time, utcnow
@@ -21,6 +26,7 @@ from tests.integration.test_dispatcher_support import (
     dispatcher,
     due_now,
     duplicates,
+    email_sender,
     env_for,
     job_keys,
     seed,
@@ -110,3 +116,51 @@ def test_two_dispatchers_over_1000_due_reminders(broker: Broker, store, tmp_path
     coll = notifications(store)
     by = [coll.get(i)["dispatched_by"] for i in ids]
     assert len(set(by)) == 2, "both dispatchers should have taken a share"
+
+
+def test_repeated_sigkill_mid_dispatch_delivers_each_email_once(broker: Broker, store, tmp_path):
+    """SIGKILL at arbitrary moments (mid-claim, mid-hand-over, mid-publish, between a confirmed
+    publish and the outbox record's removal), restart, repeat: every reminder is emailed
+    exactly once, the real email-sender dropping the copies a crash may republish."""
+    mailbox = Mailbox(tmp_path / "mail")
+    sender_queue = broker.queue_name("email-sender")
+    count = 600
+    with SmtpSink(tmp_path / "mail") as sink:
+        sender_env = env_for(tmp_path / "sender", broker.url, SMTP_PORT=str(sink.port))
+        sender = email_sender(
+            "email-sender", sender_env, tmp_path,
+            "--exchange", broker.exchange, "--queue", sender_queue, "--bindings", "email.send",
+        )  # fmt: skip
+        env = env_for(tmp_path, broker.url)
+        args = (
+            "--exchange",
+            broker.exchange,
+            "--lease",
+            "1",
+            "--relay-lease",
+            "1",
+            "--batch",
+            "25",
+        )
+        current = None
+        try:
+            wait_until(lambda: broker.consumers(sender_queue) >= 1, timeout=30, what="sender")
+            start = utcnow() + timedelta(seconds=1)
+            ids = seed(store, count, lambda i: start + timedelta(seconds=3 * i / count))
+            rng = random.Random(7)
+            for round_ in range(8):
+                current = dispatcher(f"dispatcher-{round_}", env, tmp_path, *args)
+                time.sleep(rng.uniform(0.4, 1.0))  # let it get somewhere, then pull the plug
+                current.kill()
+            current = dispatcher("dispatcher-last", env, tmp_path, *args)
+            wait_until(lambda: len(mailbox.paths()) >= count, timeout=90, what="every email")
+            wait_until(lambda: store.outbox_pending() == 0, timeout=30, what="an empty outbox")
+            time.sleep(1.0)  # a duplicate still on its way would land now
+        finally:
+            if current is not None:
+                current.stop()
+            sender.stop()
+    keys = Counter(str(m[IDEMPOTENCY_HEADER]) for m in mailbox.messages())
+    assert {k: n for k, n in keys.items() if n > 1} == {}
+    assert sorted(k.split(":")[1] for k in keys) == sorted(ids)
+    assert notifications(store).count({"status": "sending"}) == count
