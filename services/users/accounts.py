@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: How many times a change that lost an optimistic-version race is tried again.
 RETRIES = 5
+#: How old a claim of an address by an account that does not exist must be to be released.
+ORPHAN_GRACE = timedelta(minutes=1)
 
 
 def new_id() -> str:
@@ -139,7 +141,7 @@ class Accounts:
         )
         try:
             with self.store.transaction():
-                self.store.claims.insert(self._claim(email, user["id"], "primary"))
+                self.store.claims.insert(self._claim(email, user["id"], "primary", now))
                 created = self.store.users.insert(user, events=[event])
         except DuplicateKey as exc:
             # Rolled back with the transaction; removed again in case the store could not
@@ -156,6 +158,7 @@ class Accounts:
         email: str,
         user_id: str,
         kind: str,
+        now: datetime,
         *,
         verified: bool = True,
         expires_at: str | None = None,
@@ -166,28 +169,47 @@ class Accounts:
             "kind": kind,
             "verified": verified,
             "expires_at": expires_at,
+            "created_at": format_time(now),
         }
 
-    def _check_email_free(self, email: str, now: datetime) -> None:
-        """Taken unless ``email`` is on no account; an unverified secondary address whose
-        token has expired is released first (so nobody can squat an address by adding it
-        and never verifying it)."""
+    def _insert_claim(self, claim: dict[str, Any]) -> None:
+        """Claim an address for ``claim["user_id"]``; DuplicateKey when another account
+        has it. A claim of the same account left by an earlier try is taken over."""
+        try:
+            self.store.claims.insert(claim)
+        except DuplicateKey:
+            existing = self.store.claims.get(claim["id"])
+            if existing is None or existing["user_id"] != claim["user_id"]:
+                raise
+            self.store.claims.update(claim["id"], {k: v for k, v in claim.items() if k != "id"})
+
+    def _check_email_free(self, email: str, now: datetime, user_id: str | None = None) -> None:
+        """Taken unless ``email`` is on no other account. Released first: an unverified
+        secondary address whose token has expired (so nobody can squat an address by adding
+        it and never verifying it), and a claim whose account does not exist (left by a
+        write that did not finish on a store without transactions)."""
         claim = self.store.claims.get(email)
-        if claim is None:
+        if claim is None or claim["user_id"] == user_id:
             return
-        stale = (
-            claim["kind"] == "secondary"
-            and not claim["verified"]
-            and claim.get("expires_at")
-            and parse_time(claim["expires_at"]) <= now
-        )
-        if stale and self._release_stale_claim(claim):
+        if self._releasable(claim, now) and self._release_claim(claim):
             return
         raise Taken("The email address is already on an account.", "email")
 
-    def _release_stale_claim(self, claim: dict[str, Any]) -> bool:
-        """Drop an expired unverified secondary address from its account; False if it
-        changed meanwhile."""
+    def _releasable(self, claim: dict[str, Any], now: datetime) -> bool:
+        expires_at = claim.get("expires_at")
+        unverified = claim["kind"] == "secondary" and not claim["verified"]
+        if unverified and expires_at and parse_time(expires_at) <= now:
+            return True
+        created_at = claim.get("created_at")
+        # The grace keeps a sign-up that is between its two writes from being robbed.
+        return (
+            created_at is not None
+            and parse_time(created_at) + ORPHAN_GRACE <= now
+            and self.store.users.get(claim["user_id"]) is None
+        )
+
+    def _release_claim(self, claim: dict[str, Any]) -> bool:
+        """Drop an address from its account; False if it changed meanwhile."""
         owner = self.store.users.get(claim["user_id"])
         try:
             with self.store.transaction():
@@ -202,7 +224,7 @@ class Accounts:
                     )
         except VersionConflict:
             return False
-        log.info("released an expired unverified address", extra={"user_id": claim["user_id"]})
+        log.info("released an unclaimed address", extra={"user_id": claim["user_id"]})
         return True
 
     # -- login, tokens --------------------------------------------------------------------
@@ -370,14 +392,14 @@ class Accounts:
             return user
         own = any(e["email"] == email for e in user["secondary_emails"])
         if not own:
-            self._check_email_free(email, now)
+            self._check_email_free(email, now, user_id)
 
         def change(current: dict[str, Any]) -> tuple[dict[str, Any], list]:
             claims = self.store.claims
             if any(e["email"] == email for e in current["secondary_emails"]):
                 claims.update(email, {"kind": "primary", "verified": True, "expires_at": None})
             else:
-                claims.insert(self._claim(email, user_id, "primary"))
+                self._insert_claim(self._claim(email, user_id, "primary", now))
             claims.delete(current["email"])
             kept = [e for e in current["secondary_emails"] if e["email"] != email]
             return {"email": email, "secondary_emails": kept}, []
@@ -399,15 +421,15 @@ class Accounts:
             raise Missing("The account does not exist.")
         if email == user["email"] or any(e["email"] == email for e in user["secondary_emails"]):
             raise Taken("The email address is already on your account.", "email")
-        self._check_email_free(email, now)
+        self._check_email_free(email, now, user_id)
         token = domain.new_secret()
         expires_at = domain.verification_expiry(now)
 
         def change(current: dict[str, Any]) -> tuple[dict[str, Any], list]:
             if len(current["secondary_emails"]) >= domain.MAX_SECONDARY_EMAILS:
                 raise Invalid(f"at most {domain.MAX_SECONDARY_EMAILS} secondary addresses", "email")
-            self.store.claims.insert(
-                self._claim(email, user_id, "secondary", verified=False, expires_at=expires_at)
+            self._insert_claim(
+                self._claim(email, user_id, "secondary", now, verified=False, expires_at=expires_at)
             )
             entry = {
                 "email": email,

@@ -8,6 +8,7 @@ so access tokens, whose expiry PyJWT checks against the real clock, stay valid).
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,11 +19,12 @@ import pytest
 from argon2 import PasswordHasher
 
 from eventpost.settings import Settings
+from eventpost.storage import Query, Store
 from eventpost.storage.sqlite import SqliteStore
 from services.users.app import create_app
 from services.users.domain import Passwords
 from services.users.keys import KeyRing
-from services.users.store import USERS
+from services.users.store import EMAIL_CLAIMS, LOGIN_FAILURES, REFRESH_TOKENS, USERS
 
 CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 PASSWORD = "correct horse 1"
@@ -79,8 +81,15 @@ class Service:
         return self.client.simulate_request(method, path, headers=headers, **kwargs)
 
     def raw_bytes(self) -> bytes:
-        """Every byte of the database files (with the WAL)."""
-        return b"".join(p.read_bytes() for p in self.data_dir.glob("users.sqlite3*"))
+        """Every byte of the database files (with the WAL) on SQLite; every document of the
+        service's collections as JSON elsewhere."""
+        if isinstance(self.store, SqliteStore):
+            return b"".join(p.read_bytes() for p in self.data_dir.glob("users.sqlite3*"))
+        docs = [
+            self.store.collection(spec).find(Query(limit=100)).items
+            for spec in (USERS, EMAIL_CLAIMS, REFRESH_TOKENS, LOGIN_FAILURES)
+        ]
+        return json.dumps(docs).encode()
 
     def outbox(self, type_: str | None = None) -> list[dict]:
         events = self.store.outbox_claim("test", 60, limit=1000)
@@ -93,8 +102,8 @@ class Service:
         return added[-1]["payload"]["token"]
 
 
-def make_service(tmp_path: Path, **kwargs: Any) -> Service:
-    store = SqliteStore(tmp_path / "users.sqlite3")
+def make_service(tmp_path: Path, store: Store | None = None, **kwargs: Any) -> Service:
+    store = store or SqliteStore(tmp_path / "users.sqlite3")
     keys = KeyRing(tmp_path / "keys" / "users-signing.json")
     clock = FakeClock()
     settings = Settings(service="users", data_dir=tmp_path)
@@ -109,11 +118,50 @@ def make_service(tmp_path: Path, **kwargs: Any) -> Service:
     return Service(falcon.testing.TestClient(app), store, keys, clock, tmp_path)
 
 
-@pytest.fixture
-def svc(tmp_path: Path):
-    service = make_service(tmp_path)
+def _teach_mongomock_type_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mongomock 4.3 evaluates ``$type`` with one type only; MongoDB also takes a list (the
+    adapter's partial unique indexes use one). Extends the emulation, not the adapter."""
+    from mongomock import filtering
+
+    single = filtering._type_op
+
+    def any_type(doc_val, search_val, in_array=False):
+        if isinstance(search_val, list):
+            return any(single(doc_val, one, in_array) for one in search_val)
+        return single(doc_val, search_val, in_array)
+
+    monkeypatch.setitem(filtering._filterer_inst._operator_map, "$type", any_type)
+
+
+@pytest.fixture(params=["sqlite", "mongomock", "mongodb"])
+def svc(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The service over each storage adapter: SQLite; mongomock (single-threaded, no
+    transactions); a real MongoDB when MONGODB_URL is set."""
+    database = f"eventpost_test_users_{uuid.uuid4().hex[:10]}"
+    store: Store
+    if request.param == "sqlite":
+        store = SqliteStore(tmp_path / "users.sqlite3")
+    elif request.param == "mongomock":
+        import mongomock
+
+        from eventpost.storage.mongo import MongoStore
+
+        _teach_mongomock_type_lists(monkeypatch)
+        store = MongoStore(
+            "mongodb://mongomock.invalid", database, client_factory=mongomock.MongoClient
+        )
+    else:
+        url = Settings.from_env().mongodb_url
+        if not url:
+            pytest.skip("mongodb: MONGODB_URL is not set")
+        from eventpost.storage.mongo import MongoStore
+
+        store = MongoStore(url, database)
+    service = make_service(tmp_path, store)
     yield service
-    service.store.close()
+    if request.param == "mongodb":
+        store.drop_database()  # type: ignore[attr-defined]
+    store.close()
 
 
 def assert_problem(resp, status: int) -> dict:
