@@ -21,6 +21,7 @@ from argon2 import PasswordHasher
 from eventpost.settings import Settings
 from eventpost.storage import Query, Store
 from eventpost.storage.sqlite import SqliteStore
+from eventpost.timeutil import format_time
 from services.users.app import create_app
 from services.users.domain import Passwords
 from services.users.keys import KeyRing
@@ -720,3 +721,21 @@ def test_not_ready_when_the_store_does_not_answer(tmp_path):
         assert resp.json["failing"] == ["store"]
     finally:
         store.close()
+
+
+def test_a_claim_left_without_its_account_is_released_after_a_grace(svc):
+    # As a sign-up that died between its two writes leaves it on a store without
+    # transactions.
+    svc.store.collection(EMAIL_CLAIMS).insert(
+        {
+            "id": "orphan@example.com",
+            "user_id": "gone",
+            "kind": "primary",
+            "verified": True,
+            "expires_at": None,
+            "created_at": format_time(svc.clock.now),
+        }
+    )
+    assert_problem(svc.sign_up("newcomer", "orphan@example.com"), 409)
+    svc.clock.advance(minutes=2)
+    assert svc.sign_up("newcomer", "orphan@example.com").status_code == 201
