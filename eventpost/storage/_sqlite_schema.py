@@ -157,11 +157,9 @@ class CollectionSchema:
         self.spec_json = json.dumps(asdict(spec), sort_keys=True)
 
     def sortable(self, path: str) -> bool:
-        """Whether an index starts with ``path`` (so sorting by it needs no sort step)."""
-        if path == "id":
-            return True
-        firsts = [f[0] for f in (*self.spec.indexes, *self.spec.unique)]
-        return path in firsts
+        """Whether an index starts with ``path`` (so sorting by it needs no sort step; the
+        partial unique indexes cannot serve a sort)."""
+        return path == "id" or path in (fields[0] for fields in self.spec.indexes)
 
     # -- DDL ------------------------------------------------------------------------------
 

@@ -491,7 +491,8 @@ class SqliteCollection(Collection):
         plan = self._plan(query.near, words, sort)
         rows = None
         if plan.fallback is not None:
-            rows = self._read_bounded(*self._find_statement(query, sort, after, words, plan))
+            if self._store._local.depth == 0:  # never interrupt a read inside a transaction
+                rows = self._read_bounded(*self._find_statement(query, sort, after, words, plan))
             plan = replace(plan, leader=plan.fallback)
         if rows is None:
             rows = self._read(*self._find_statement(query, sort, after, words, plan))
