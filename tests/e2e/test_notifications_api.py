@@ -115,7 +115,7 @@ def _wait_arrivals(suite, key_prefix: str, count: int = 1, timeout: float = 15.0
         time.sleep(0.05)
 
 
-def _wait_status(suite, user: User, nid: str, status: str, timeout: float = 15.0) -> dict:
+def _wait_status(suite, user: User, nid: str, status: str, timeout: float = 30.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         body = suite.client.get(f"/v1/notifications/{nid}", headers=user.headers).json()
@@ -173,7 +173,7 @@ def test_only_verified_addresses(suite, event):
     assert "email" in _fields(
         _create(suite, ann, event_id=event["id"], before="PT1H", email=address)
     )
-    mail = suite.mailbox.wait_for(to=address, subject_contains="Verify", timeout=15)
+    mail = suite.mailbox.wait_for(to=address, subject_contains="Verify", timeout=30)
     token = re.search(r"Verification token: (\S+)", mail.get_body(("plain",)).get_content())
     resp = suite.client.post(
         "/v1/users/me/emails/verify",
@@ -357,7 +357,7 @@ def test_deleting_an_event_cancels_its_reminders_and_tells_the_owner(suite, admi
     created = _create(suite, ann, event_id=ev["id"], before="PT1H").json()
     assert suite.client.delete(f"/v1/events/{ev['id']}", headers=admin).status_code == 204
     _wait_status(suite, ann, created["id"], "cancelled")
-    mail = suite.mailbox.wait_for(to=ann.email, subject_contains="Cancelled", timeout=15)
+    mail = suite.mailbox.wait_for(to=ann.email, subject_contains="Cancelled", timeout=30)
     assert "Doomed gig" in mail.get_body(("plain",)).get_content()
     resp = suite.client.patch(
         f"/v1/notifications/{created['id']}", json={"delay": "PT1M"}, headers=ann.headers
