@@ -31,11 +31,13 @@ CANDIDATES_CAP = 2000
 #: costs ~20 us) rather than against the set of every match (building it costs ~0.1 us per
 #: match): when matches are that dense, the page fills after a few rows.
 DENSE_TEXT = 20000
-#: How long (seconds) walking the table in sort order may take before the query is run again
-#: led by its smallest candidate set (a typical combined query walks for 2-6 ms; one whose
-#: filters match almost nothing would walk the whole table), and how many SQLite VM steps
-#: pass between two looks at the clock. A time budget, not a step count: one step can be a
-#: cheap comparison or a JSON parse. Either plan returns the same rows.
+#: Candidate sets are counted up to this many (both the same, so the smaller can lead).
+COUNT_CAP = DENSE_TEXT
+#: How long (CPU seconds of the thread) walking the table in sort order may take before the
+#: query is run again led by its smallest candidate set (a typical combined query walks for
+#: 2-6 ms; one whose filters match almost nothing would walk the whole table), and how many
+#: SQLite VM steps pass between two looks at the clock. A time budget, not a step count: one
+#: step can be a cheap comparison or a JSON parse. Either plan returns the same rows.
 WALK_BUDGET_SECONDS = 0.010
 PROGRESS_STEPS = 1000
 
@@ -128,10 +130,10 @@ def fts_match(words: Sequence[str]) -> str:
 def text_filter_sql(fts: str, match_param: str, rid: str, *, row_by_row: bool) -> str:
     """The row ``rid`` is among the text matches, for a query the text does not lead.
 
-    ``row_by_row``: each row is looked up in the FTS index (pass ``g.id`` as ``rid`` when the
-    R*Tree is joined: SQLite then checks the text after the cheaper geo test). Otherwise the
-    set of matches is built once per statement and each row is looked up in it (the unary
-    ``+`` keeps the planner from driving the query from that set)."""
+    ``row_by_row``: each row is looked up in the FTS index. Otherwise the set of matches is
+    built once per statement and each row is looked up in it (the unary ``+`` keeps the
+    planner from driving the query from that set). SQLite tests a condition as soon as the
+    tables it names are joined: ``rid`` (``t.rid`` or ``g.id``) says when."""
     if row_by_row:
         return f'EXISTS (SELECT 1 FROM "{fts}" WHERE rowid = {rid} AND "{fts}" MATCH {match_param})'
     return f'+{rid} IN (SELECT rowid FROM "{fts}" WHERE "{fts}" MATCH {match_param})'

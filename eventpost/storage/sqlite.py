@@ -44,6 +44,7 @@ from eventpost.storage._query import (
 from eventpost.storage._sqlite_schema import CollectionSchema, ensure_collection
 from eventpost.storage._sqlite_sql import (
     CANDIDATES_CAP,
+    COUNT_CAP,
     DENSE_TEXT,
     MATH_FUNCTIONS,
     PROGRESS_STEPS,
@@ -521,12 +522,12 @@ class SqliteCollection(Collection):
         if near is not None:
             bind = Params()
             box = f'SELECT 1 FROM "{self.schema.geo.name}" AS g WHERE {box_sql(near, bind)}'  # type: ignore[union-attr]
-            counts["geo"] = self._count_capped(box, bind, CANDIDATES_CAP)
+            counts["geo"] = self._count_capped(box, bind, COUNT_CAP)
         if words is not None:
             bind = Params()
             fts = self.schema.text.name  # type: ignore[union-attr]
             match = f'SELECT 1 FROM "{fts}" WHERE "{fts}" MATCH {bind(fts_match(words))}'
-            counts["text"] = self._count_capped(match, bind, DENSE_TEXT)
+            counts["text"] = self._count_capped(match, bind, COUNT_CAP)
         text_matches = counts.get("text", 0)
         if not counts:
             return _Plan("table")
@@ -542,15 +543,16 @@ class SqliteCollection(Collection):
         return self._read(sql, bind.values)[0][0]
 
     def _read_bounded(self, sql: str, params: Mapping[str, Any]) -> list[Any] | None:
-        """The rows of ``sql``, or None when it runs longer than :data:`WALK_BUDGET_SECONDS`
-        (a progress handler interrupts it)."""
+        """The rows of ``sql``, or None when it takes more than :data:`WALK_BUDGET_SECONDS`
+        of this thread's CPU time (so a busy machine does not cut it short; a progress
+        handler interrupts it)."""
         conn = self._store._connection()
-        deadline = time.perf_counter() + WALK_BUDGET_SECONDS
+        deadline = time.thread_time() + WALK_BUDGET_SECONDS
         interrupted = False
 
         def over_budget() -> bool:
             nonlocal interrupted
-            interrupted = time.perf_counter() > deadline
+            interrupted = time.thread_time() > deadline
             return interrupted
 
         conn.set_progress_handler(over_budget, PROGRESS_STEPS)
@@ -609,9 +611,11 @@ class SqliteCollection(Collection):
             return source, [f'"{fts}" MATCH {match}']
         conditions = []
         if words is not None:
-            # row by row only when the walk stops early; a led join checks every candidate
+            # row by row only when the walk stops early (a led join checks every candidate),
+            # and then after the geo test (g.id): it costs more than the geo test, unlike
+            # a look-up in the set of matches (t.rid: before the R*Tree is joined)
             dense = plan.leader == "table" and plan.text_matches >= DENSE_TEXT
-            rid = "g.id" if near is not None else "t.rid"
+            rid = "g.id" if dense and near is not None else "t.rid"
             conditions.append(text_filter_sql(fts, match, rid, row_by_row=dense))
         if plan.leader == "geo":
             return f"{geo} AS g CROSS JOIN {self._table} AS t ON t.rid = g.id", conditions
@@ -625,7 +629,7 @@ class _Plan:
     leader: str
     #: the leader to use when walking the table in sort order runs out of budget
     fallback: str | None = None
-    #: how many rows the text matches (capped at DENSE_TEXT)
+    #: how many rows the text matches (capped at COUNT_CAP)
     text_matches: int = 0
 
 
