@@ -11,7 +11,8 @@ and measures, with a keep-alive aiohttp client, at concurrency 1 and 10:
 - ``search (repeated)``: one such search over and over (answered by the read cache);
 - ``get``: ``GET /v1/events/{id}`` of random events.
 
-Latencies are measured at the client (request sent to body read). The goal: search p99 <=
+Latencies are measured at the client (request sent to body read) and, from the service's
+own request log (duration_ms), at the server. The goal: search p99 <=
 20 ms. Prints a table and writes perf/results/bench_events.json.
 
     .venv/bin/python perf/bench_events.py [--events 100000] [--requests 1000]
@@ -83,13 +84,14 @@ def start_service(data_dir: Path, port: int) -> subprocess.Popen:
         **os.environ,
         "DATA_DIR": str(data_dir),
         "EVENTS_PORT": str(port),
-        "LOG_LEVEL": "WARNING",
+        # INFO: one JSON line per request with its duration, for the server-side figures.
+        "LOG_LEVEL": "INFO",
     }
     gunicorn = Path(sys.executable).parent / "gunicorn"
     proc = subprocess.Popen(
         [str(gunicorn), "-w", "1", "--threads", "8", "-b", f"127.0.0.1:{port}",
          "--log-level", "warning", "services.events.wsgi:app"],
-        cwd=ROOT, env=env,
+        cwd=ROOT, env=env, stdout=(data_dir / "service.log").open("ab"),
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -154,6 +156,22 @@ async def run(base: str, paths: list[str], concurrency: int) -> tuple[list[float
     return latencies, counts
 
 
+def server_times(log: Path, offset: int) -> tuple[list[float], int]:
+    """Durations (ms) the service logged for its requests after ``offset``; new offset."""
+    with log.open("rb") as f:
+        f.seek(offset)
+        data = f.read()
+    durations = []
+    for line in data.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "duration_ms" in record:
+            durations.append(float(record["duration_ms"]))
+    return durations, offset + len(data)
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1)]
@@ -172,6 +190,7 @@ def main() -> None:
         ids = load(data_dir, args.events)
         port = free_port()
         proc = start_service(data_dir, port)
+        log = data_dir / "service.log"
         base = f"http://127.0.0.1:{port}"
         try:
             repeated = _search_with_results(base, rng)
@@ -181,12 +200,16 @@ def main() -> None:
                 "get": lambda: f"/v1/events/{rng.choice(ids)}",
             }
             asyncio.run(run(base, [search_path(rng) for _ in range(100)], 2))  # warm-up
+            time.sleep(0.2)
+            _, offset = server_times(log, 0)
             for name, make in scenarios.items():
                 for concurrency in (1, 10):
                     paths = [make() for _ in range(args.requests)]
                     started = time.perf_counter()
                     latencies, counts = asyncio.run(run(base, paths, concurrency))
                     elapsed = time.perf_counter() - started
+                    time.sleep(0.2)  # the last log lines
+                    served, offset = server_times(log, offset)
                     row = {
                         "scenario": name,
                         "concurrency": concurrency,
@@ -195,6 +218,8 @@ def main() -> None:
                         "p99_ms": round(percentile(latencies, 99), 2),
                         "max_ms": round(max(latencies), 2),
                         "rps": round(len(latencies) / elapsed, 1),
+                        "server_p50_ms": round(statistics.median(served), 2),
+                        "server_p99_ms": round(percentile(served, 99), 2),
                     }
                     if counts:
                         row["mean_items"] = round(statistics.mean(counts), 1)
@@ -205,15 +230,19 @@ def main() -> None:
             proc.wait(timeout=30)
 
     print()
-    print(f"events service over HTTP, {args.events} events (SQLite), client-side latency")
+    print(
+        f"events service over HTTP, {args.events} events (SQLite); client: request sent to "
+        "body read; server: the service's own duration_ms"
+    )
     print(
         f"{'scenario':<20}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'req/s':>8}"
-        f"{'items':>7}"
+        f"{'srv p50':>9}{'srv p99':>9}{'items':>7}"
     )
     for row in results:
         print(
             f"{row['scenario']:<20}{row['concurrency']:>5}{row['p50_ms']:>9}"
-            f"{row['p99_ms']:>9}{row['max_ms']:>9}{row['rps']:>8}{row.get('mean_items', ''):>7}"
+            f"{row['p99_ms']:>9}{row['max_ms']:>9}{row['rps']:>8}"
+            f"{row['server_p50_ms']:>9}{row['server_p99_ms']:>9}{row.get('mean_items', ''):>7}"
         )
     out = ROOT / "perf" / "results"
     out.mkdir(parents=True, exist_ok=True)
