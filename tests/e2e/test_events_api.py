@@ -18,6 +18,7 @@ import icalendar
 import pytest
 
 from services.events.domain import haversine_km
+from services.events.samples import sample_events
 
 PARIS = (48.8566, 2.3522)
 VERSAILLES = (48.8049, 2.1204)
@@ -236,7 +237,6 @@ def test_moved_and_deleted_events_reach_reminders(suite, admin, member):
 
 def test_populate_through_the_gateway(suite):
     suite.admin_token()  # makes sure the admin exists
-    topic_count = len(suite.client.get("/v1/events", params={"limit": 100}).json()["items"])
     result = subprocess.run(
         [sys.executable, "-m", "services.events.populate", "--count", "5", "--seed", "99",
          "--url", suite.url, "--username", "e2e_admin", "--password-stdin"],
@@ -244,5 +244,10 @@ def test_populate_through_the_gateway(suite):
         cwd=Path(__file__).resolve().parents[2], timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    after = suite.client.get("/v1/events", params={"limit": 100}).json()["items"]
-    assert len(after) >= min(100, topic_count + 5)
+    for body in sample_events(5, seed=99):
+        found = suite.client.get(
+            "/v1/events", params={"q": body["title"], "topic": body["topics"][0], "limit": 100}
+        ).json()["items"]
+        assert any(e["title"] == body["title"] and e["place"] == body["place"] for e in found), (
+            body["title"]
+        )
