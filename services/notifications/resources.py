@@ -2,6 +2,21 @@
 
 Every method needs a valid access token; a user sees and changes only their own reminders
 (another user's answers 404, exactly like a missing one, for every method).
+
+Choices where API.md is silent:
+
+- PATCH takes at most one of ``send_at``, ``before`` and ``delay`` (422 otherwise). ``send_at``
+  makes a reminder absolute; ``before`` makes it follow its event again (the event is fetched
+  fresh); ``delay`` moves ``send_at`` and, on a ``before``-style reminder, shortens ``before``
+  by as much (so it keeps following its event) unless that would put it after the event's
+  start, where it becomes absolute. ``subject: null`` / ``email: null`` go back to the
+  defaults, ``message: null`` clears the note. An empty PATCH changes nothing.
+- DELETE works in every status. A reminder deleted while a dispatcher holds a claim on it is
+  not sent (the dispatcher's conditional write finds it gone). A ``sending`` reminder's email
+  job is already with the email-sender and may still be delivered: deleting it only forgets
+  it (its outcome is then ignored).
+- 503 (with ``Retry-After``) when the users or events service cannot be asked; nothing is
+  stored then.
 """
 
 from __future__ import annotations
