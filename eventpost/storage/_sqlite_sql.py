@@ -33,6 +33,9 @@ CANDIDATES_CAP = 2000
 DENSE_TEXT = 20000
 #: Candidate sets are counted up to this many (both the same, so the smaller can lead).
 COUNT_CAP = DENSE_TEXT
+#: A query sorted nearest first looks first in the circle expected to hold this many pages
+#: of candidates (see SqliteCollection._nearest_first).
+NEAREST_FIRST_MARGIN = 8
 #: How long (CPU seconds of the thread) walking the table in sort order may take before the
 #: query is run again led by its smallest candidate set (a typical combined query walks for
 #: 2-6 ms; one whose filters match almost nothing would walk the whole table), and how many

@@ -17,6 +17,7 @@ Layout: see :mod:`eventpost.storage._sqlite_schema`; the outbox is the table ``o
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sqlite3
@@ -47,6 +48,7 @@ from eventpost.storage._sqlite_sql import (
     COUNT_CAP,
     DENSE_TEXT,
     MATH_FUNCTIONS,
+    NEAREST_FIRST_MARGIN,
     PROGRESS_STEPS,
     WALK_BUDGET_SECONDS,
     Params,
@@ -496,6 +498,8 @@ class SqliteCollection(Collection):
                 rows = self._read_bounded(*self._find_statement(query, sort, after, words, plan))
             plan = replace(plan, leader=plan.fallback)
         if rows is None:
+            rows = self._nearest_first(query, sort, after, words, plan)
+        if rows is None:
             rows = self._read(*self._find_statement(query, sort, after, words, plan))
         items = [self._found(row, query.near is not None) for row in rows[:limit]]
         next_cursor = None
@@ -528,14 +532,49 @@ class SqliteCollection(Collection):
             fts = self.schema.text.name  # type: ignore[union-attr]
             match = f'SELECT 1 FROM "{fts}" WHERE "{fts}" MATCH {bind(fts_match(words))}'
             counts["text"] = self._count_capped(match, bind, COUNT_CAP)
-        text_matches = counts.get("text", 0)
         if not counts:
             return _Plan("table")
         leader = min(counts, key=counts.__getitem__)
         sortable = sort[0][0] != DISTANCE and self.schema.sortable(sort[0][0])
+        plan = _Plan(
+            leader, text_matches=counts.get("text", 0), geo_candidates=counts.get("geo", 0)
+        )
         if counts[leader] < CANDIDATES_CAP or not sortable:
-            return _Plan(leader, text_matches=text_matches)
-        return _Plan("table", fallback=leader, text_matches=text_matches)
+            return plan
+        return replace(plan, leader="table", fallback=leader)
+
+    def _nearest_first(
+        self,
+        query: Query,
+        sort: SortSpec,
+        after: list[Any] | None,
+        words: list[str] | None,
+        plan: _Plan,
+    ) -> list[Any] | None:
+        """The rows of a query sorted nearest first, looked for in smaller circles first.
+
+        With many candidates, the page usually lies well inside the radius. The circle that
+        should hold :data:`NEAREST_FIRST_MARGIN` pages of candidates (from the density in
+        the whole circle, beyond the cursor's distance) is searched first, then circles
+        holding 4 times more each. The first one that holds a full page gives the answer:
+        everything outside it is farther. None when no smaller circle did."""
+        near = query.near
+        if near is None or plan.leader != "geo" or sort[0] != (DISTANCE, 1):
+            return None
+        start = after[0] if after is not None and after[0] is not None else 0.0
+        wanted = NEAREST_FIRST_MARGIN * (query.limit + 1)
+        while 4 * wanted <= plan.geo_candidates:
+            # points spread evenly over the box (4 r^2) fall in a circle of radius x with
+            # probability pi x^2 / 4 r^2
+            ring = near.radius_km * math.sqrt(4 * wanted / (math.pi * plan.geo_candidates))
+            if start + ring >= near.radius_km:
+                return None
+            narrow = replace(query, near=replace(near, radius_km=start + ring))
+            rows = self._read(*self._find_statement(narrow, sort, after, words, plan))
+            if len(rows) > query.limit:
+                return rows
+            wanted *= 4
+        return None
 
     def _count_capped(self, select: str, bind: Params, cap: int) -> int:
         """How many rows ``select`` returns, counting no further than ``cap``."""
@@ -631,6 +670,8 @@ class _Plan:
     fallback: str | None = None
     #: how many rows the text matches (capped at COUNT_CAP)
     text_matches: int = 0
+    #: how many points lie in the near query's bounding box (capped at COUNT_CAP)
+    geo_candidates: int = 0
 
 
 def _ensure_math_functions(conn: sqlite3.Connection) -> None:

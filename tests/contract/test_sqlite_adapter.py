@@ -217,6 +217,7 @@ PLANS = {
     "table walks": {"CANDIDATES_CAP": 0},
     "walk runs out of time": {"CANDIDATES_CAP": 0, "WALK_BUDGET_SECONDS": -1.0},
     "text row by row": {"CANDIDATES_CAP": 0, "DENSE_TEXT": 0},
+    "nearest first in a smaller circle": {"NEAREST_FIRST_MARGIN": 0.5},
 }
 
 
