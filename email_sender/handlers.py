@@ -88,7 +88,8 @@ def _str(payload: Mapping[str, Any], name: str, *, required: bool = True) -> str
 
 def _address(value: str) -> str:
     try:
-        return validate_email(value, check_deliverability=False).normalized
+        # Same rules as the users service, which accepts the special-use .test domain.
+        return validate_email(value, check_deliverability=False, test_environment=True).normalized
     except EmailNotValidError as exc:
         raise InvalidJob(f"to is not a valid email address: {exc}") from None
 

@@ -1,22 +1,13 @@
-"""The whole suite, started once per test session on free ports, talked to through the
-gateway only (``suite.client``)."""
+"""The whole suite, started once per test session (see _suite.py)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
-from eventpost.launcher import ROOT, Suite, free_port
+from tests.e2e._suite import RunningSuite, isolated_vhost, run_suite, suite_env
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -27,99 +18,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.e2e)
 
 
-@dataclass
-class RunningSuite:
-    """What e2e tests get: the gateway's URL, an HTTP client on it, the dev mailbox, the
-    data directory and the environment the parts run with."""
-
-    url: str
-    data_dir: Path
-    env: dict[str, str]
-    client: httpx.Client
-    launcher: Suite
-
-    @property
-    def mailbox(self) -> Any:
-        """The SMTP sink's stored messages (email_sender.sink.Mailbox)."""
-        from email_sender.sink import Mailbox
-
-        return Mailbox(self.data_dir / "mail")
-
-    def logs(self, part: str) -> list[dict[str, Any]]:
-        """The JSON records of a part's log (lines that are not JSON are skipped)."""
-        path = self.data_dir / "log" / f"{part}.log"
-        records = []
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-        return records
-
-    def create_admin(self, username: str, email: str, password: str | None = None) -> None:
-        """``invoke create-admin`` against the running suite's store."""
-        argv = [
-            str(Path(sys.executable).parent / "invoke"),
-            "create-admin",
-            "--username",
-            username,
-            "--email",
-            email,
-        ]
-        if password:
-            argv += ["--password", password]
-        subprocess.run(argv, cwd=ROOT, env=self.env, check=True, capture_output=True, timeout=60)
-
-    def sign_up(self, username: str | None = None, password: str = "correct horse 1") -> dict:
-        """A new account (through the gateway); returns {username, email, password, user}."""
-        username = username or f"u{uuid.uuid4().hex[:10]}"
-        email = f"{username}@example.test"
-        resp = self.client.post(
-            "/v1/users", json={"username": username, "email": email, "password": password}
-        )
-        assert resp.status_code == 201, resp.text
-        return {"username": username, "email": email, "password": password, "user": resp.json()}
-
-    def login(self, username: str, password: str) -> str:
-        """An access token for the account."""
-        resp = self.client.post("/v1/auth/token", json={"username": username, "password": password})
-        assert resp.status_code == 200, resp.text
-        return resp.json()["access_token"]
-
-    def admin_token(self) -> str:
-        """A token of a (once created) admin account."""
-        name = "e2e_admin"
-        self.create_admin(name, "e2e-admin@example.test", "admin password 1")
-        return self.login(name, "admin password 1")
-
-
 @pytest.fixture(scope="session")
 def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSuite]:
-    data_dir = tmp_path_factory.mktemp("suite")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTP_HOST", "PYTEST_"))}
-    env.update(
-        {
-            "DATA_DIR": str(data_dir),
-            "GATEWAY_PORT": str(free_port()),
-            "USERS_PORT": str(free_port()),
-            "EVENTS_PORT": str(free_port()),
-            "NOTIFICATIONS_PORT": str(free_port()),
-            "SMTP_PORT": str(free_port()),
-            "RETRY_DELAYS": "0.5,1,2",
-            "DISPATCH_INTERVAL": "0.2",
-            # The suite's own clients in tests send many requests from one address.
-            "GATEWAY_RATE_LIMIT": env.get("GATEWAY_RATE_LIMIT", "1000"),
-            "GATEWAY_RATE_BURST": env.get("GATEWAY_RATE_BURST", "2000"),
-        }
-    )
-    launcher = Suite(env, with_smtp_sink=True, say=lambda line: None)
-    launcher.start(ready_timeout=120)
-    url = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
-    client = httpx.Client(base_url=url, timeout=15)
-    try:
-        yield RunningSuite(url=url, data_dir=data_dir, env=env, client=client, launcher=launcher)
-    finally:
-        client.close()
-        launcher.stop()
+    with isolated_vhost() as amqp_url:
+        yield from run_suite(suite_env(tmp_path_factory.mktemp("suite"), amqp_url))

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from eventpost.launcher import ROOT, free_port
+from eventpost.launcher import ROOT
+from tests.e2e._suite import isolated_vhost, suite_env
 
 
 def _processes() -> list[tuple[int, int, int]]:
@@ -49,17 +50,12 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_launcher_starts_everything_and_stops_everything(tmp_path, sig):
-    env = dict(os.environ)
-    env.pop("SMTP_HOST", None)
-    gateway_port = free_port()
-    env.update(
-        DATA_DIR=str(tmp_path),
-        GATEWAY_PORT=str(gateway_port),
-        USERS_PORT=str(free_port()),
-        EVENTS_PORT=str(free_port()),
-        NOTIFICATIONS_PORT=str(free_port()),
-        SMTP_PORT=str(free_port()),
-    )
+    with isolated_vhost() as amqp_url:
+        _start_and_stop(suite_env(tmp_path, amqp_url), tmp_path, sig)
+
+
+def _start_and_stop(env: dict[str, str], tmp_path: Path, sig: signal.Signals) -> None:
+    gateway_port = int(env["GATEWAY_PORT"])
     proc = subprocess.Popen(
         [sys.executable, "-m", "eventpost.launcher"],
         cwd=ROOT,
