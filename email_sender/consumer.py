@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 #: The email-sender's queue and what it is bound to.
 QUEUE = "email-sender.jobs"
-BINDINGS = (contracts.USER_CREATED, contracts.USER_EMAIL_ADDED, contracts.EMAIL_SEND)
+BINDINGS = contracts.SUBSCRIPTIONS[QUEUE]
 #: The email-sender's store (``DATA_DIR/email_sender.sqlite3`` or ``eventpost_email_sender``).
 STORE_NAME = "email_sender"
 #: How long the delivery log remembers a job, and how often it is pruned.

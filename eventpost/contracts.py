@@ -20,6 +20,18 @@ EMAIL_SEND = "email.send"
 EMAIL_SENT = "email.sent"
 EMAIL_FAILED = "email.failed"
 
+#: Every consumer queue of the suite and the message types bound to it. Relays declare these
+#: (idempotently: durable queues without arguments, the same as the consumers declare) before
+#: they publish, so a message published before its consumer ever started waits in its queue
+#: instead of coming back unroutable. A type bound to no queue here (``event.created``) has no
+#: consumer yet: publishing it is logged and it is dropped.
+SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
+    "email-sender.jobs": (USER_CREATED, USER_EMAIL_ADDED, EMAIL_SEND),
+    "notifications.email-outcomes": (EMAIL_SENT, EMAIL_FAILED),
+    "notifications.event-changes": (EVENT_UPDATED, EVENT_DELETED),
+    "notifications.user-deleted": (USER_DELETED,),
+}
+
 
 class UserCreated(TypedDict):
     """``user.created``: the email-sender sends the welcome email to ``email``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 
 import pika
@@ -14,6 +15,7 @@ from eventpost.messaging.topology import (
     EXCHANGE,
     close_quietly,
     connection_parameters,
+    declare_bound_queue,
     declare_exchange,
     default_connection_name,
 )
@@ -56,9 +58,13 @@ class Publisher:
         exchange: str = EXCHANGE,
         connect_timeout: float = 5.0,
         connection_name: str | None = None,
+        subscriptions: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.amqp_url = amqp_url
         self.exchange = exchange
+        # Queues (name -> routing keys) declared and bound on every connect, so what this
+        # publisher sends has somewhere to wait even before its consumer first started.
+        self.subscriptions = dict(subscriptions or {})
         self.connect_timeout = connect_timeout
         self.connection_name = connection_name or default_connection_name("publisher")
         self._connection: pika.BlockingConnection | None = None
@@ -144,6 +150,8 @@ class Publisher:
             channel = connection.channel()
             channel.confirm_delivery()
             declare_exchange(channel, self.exchange)
+            for queue, keys in self.subscriptions.items():
+                declare_bound_queue(channel, queue, keys, self.exchange)
         except BaseException:
             close_quietly(connection)
             raise

@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Sequence
 
+from eventpost.contracts import SUBSCRIPTIONS
 from eventpost.logs import configure_logging, request_id_var
 from eventpost.messaging.consumer import backoff_delay
 from eventpost.messaging.envelope import Envelope, MalformedMessage
@@ -104,6 +105,7 @@ class OutboxRelay:
             try:
                 self.publisher.publish(envelope)
             except Unroutable:
+                # The relay declared every subscription first: nobody consumes this type.
                 log.info("event published; no queue is bound to its type", extra=extra)
                 return
             log.info("event published", extra=extra)
@@ -156,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.amqp_url,
             exchange=args.exchange,
             connection_name=f"eventpost-{args.service}-relay@{socket.gethostname()}:{os.getpid()}",
+            subscriptions=SUBSCRIPTIONS if args.exchange == EXCHANGE else None,
         )
         try:
             OutboxRelay(store, publisher).run(stop)

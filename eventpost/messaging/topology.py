@@ -59,6 +59,16 @@ def declare_exchange(channel: BlockingChannel, exchange: str = EXCHANGE) -> None
     channel.exchange_declare(exchange=exchange, exchange_type="topic", durable=True)
 
 
+def declare_bound_queue(
+    channel: BlockingChannel, queue: str, bindings: Sequence[str], exchange: str = EXCHANGE
+) -> None:
+    """Declare (idempotently) the durable ``queue`` bound to ``exchange`` with each key of
+    ``bindings``: what consumers and publishers that pre-declare subscriptions share."""
+    channel.queue_declare(queue=queue, durable=True)
+    for key in bindings:
+        channel.queue_bind(queue=queue, exchange=exchange, routing_key=key)
+
+
 def declare_consumer_topology(
     channel: BlockingChannel,
     queue: str,
@@ -70,9 +80,7 @@ def declare_consumer_topology(
     """Declare (idempotently) the exchange, ``queue`` bound with every key of ``bindings``,
     one delay queue per entry of ``retry_delays`` (seconds) and the parking queue."""
     declare_exchange(channel, exchange)
-    channel.queue_declare(queue=queue, durable=True)
-    for key in bindings:
-        channel.queue_bind(queue=queue, exchange=exchange, routing_key=key)
+    declare_bound_queue(channel, queue, bindings, exchange)
     for step, delay in enumerate(retry_delays):
         channel.queue_declare(
             queue=retry_queue_name(queue, step),

@@ -35,11 +35,12 @@ log = logging.getLogger(__name__)
 
 _RETRIES = 10
 
-#: Queue names (after the worker's prefix) and the routing keys bound to each.
+#: Queue names (after the worker's prefix) and the routing keys bound to each: the
+#: ``notifications.*`` entries of :data:`eventpost.contracts.SUBSCRIPTIONS`.
 QUEUES: dict[str, tuple[str, ...]] = {
-    "email-outcomes": (contracts.EMAIL_SENT, contracts.EMAIL_FAILED),
-    "event-changes": (contracts.EVENT_UPDATED, contracts.EVENT_DELETED),
-    "user-deleted": (contracts.USER_DELETED,),
+    name.removeprefix("notifications."): bindings
+    for name, bindings in contracts.SUBSCRIPTIONS.items()
+    if name.startswith("notifications.")
 }
 
 

@@ -321,7 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Store and publisher live in this thread (sqlite3 and pika are thread-bound).
         store = open_store(settings, "notifications")
         publisher = JobPublisher(
-            settings.amqp_url, exchange=args.exchange, connection_name=f"eventpost-{owner}"
+            settings.amqp_url,
+            exchange=args.exchange,
+            connection_name=f"eventpost-{owner}",
+            subscriptions=contracts.SUBSCRIPTIONS if args.exchange == EXCHANGE else None,
         )
         relay = OutboxRelay(
             store, publisher, owner=f"{owner}:relay", lease_seconds=args.relay_lease

@@ -21,6 +21,7 @@ import socket
 import threading
 from collections.abc import Sequence
 
+from eventpost.contracts import SUBSCRIPTIONS
 from eventpost.logs import configure_logging
 from eventpost.messaging import EXCHANGE, Consumer, Envelope, OutboxRelay, Worker
 from eventpost.settings import Settings
@@ -69,7 +70,10 @@ def build_worker(
     def relay_loop(stop: threading.Event) -> None:
         store = open_store(settings, "notifications")
         publisher = JobPublisher(
-            settings.amqp_url, exchange=exchange, connection_name=f"eventpost-{name}:relay"
+            settings.amqp_url,
+            exchange=exchange,
+            connection_name=f"eventpost-{name}:relay",
+            subscriptions=SUBSCRIPTIONS if exchange == EXCHANGE else None,
         )
         try:
             OutboxRelay(store, publisher, lease_seconds=relay_lease).run(stop)
