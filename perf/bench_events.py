@@ -15,7 +15,7 @@ Latencies are measured at the client (request sent to body read) and, from the s
 own request log (duration_ms), at the server. The goal: search p99 <=
 20 ms. Prints a table and writes perf/results/bench_events.json.
 
-    .venv/bin/python perf/bench_events.py [--events 100000] [--requests 1000]
+    .venv/bin/python perf/bench_events.py [--events 100000] [--requests 1000] [--workers 1]
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _ids(data_dir: Path) -> list[tuple[str]]:
         return conn.execute("SELECT json_extract(doc, '$.id') FROM events").fetchall()
 
 
-def start_service(data_dir: Path, port: int) -> subprocess.Popen:
+def start_service(data_dir: Path, port: int, workers: int = 1) -> subprocess.Popen:
     env = {
         **os.environ,
         "DATA_DIR": str(data_dir),
@@ -89,7 +89,7 @@ def start_service(data_dir: Path, port: int) -> subprocess.Popen:
     }
     gunicorn = Path(sys.executable).parent / "gunicorn"
     proc = subprocess.Popen(
-        [str(gunicorn), "-w", "1", "--threads", "8", "-b", f"127.0.0.1:{port}",
+        [str(gunicorn), "-w", str(workers), "--threads", "8", "-b", f"127.0.0.1:{port}",
          "--log-level", "warning", "services.events.wsgi:app"],
         cwd=ROOT, env=env, stdout=(data_dir / "service.log").open("ab"),
     )  # fmt: skip
@@ -181,6 +181,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=1000, help="per scenario")
+    parser.add_argument("--workers", type=int, default=1, help="gunicorn worker processes")
     args = parser.parse_args()
 
     rng = random.Random(7)
@@ -189,7 +190,7 @@ def main() -> None:
         data_dir = Path(tmp)
         ids = load(data_dir, args.events)
         port = free_port()
-        proc = start_service(data_dir, port)
+        proc = start_service(data_dir, port, args.workers)
         log = data_dir / "service.log"
         base = f"http://127.0.0.1:{port}"
         try:
@@ -231,7 +232,8 @@ def main() -> None:
 
     print()
     print(
-        f"events service over HTTP, {args.events} events (SQLite); client: request sent to "
+        f"events service over HTTP ({args.workers} gunicorn worker(s) x 8 threads), "
+        f"{args.events} events (SQLite); client: request sent to "
         "body read; server: the service's own duration_ms"
     )
     print(
@@ -246,7 +248,11 @@ def main() -> None:
         )
     out = ROOT / "perf" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"events": args.events, "measured_at": datetime.now(UTC).isoformat()}
+    summary = {
+        "events": args.events,
+        "workers": args.workers,
+        "measured_at": datetime.now(UTC).isoformat(),
+    }
     summary["results"] = results
     (out / "bench_events.json").write_text(json.dumps(summary, indent=2) + "\n")
 
