@@ -17,9 +17,11 @@ Every ``DISPATCH_INTERVAL`` (sooner when the next reminder falls due before that
    ``event.updated``, another dispatcher's claim after the lease ended) bumps its version, so
    the write of a dispatcher whose claim went stale fails and changes nothing: a cancelled,
    deleted or rescheduled reminder is not sent.
-3. **Publish.** An :class:`OutboxRelay` in this same loop publishes the jobs with publisher
-   confirms and forgets them once confirmed. The notifications worker runs another relay
-   over the same outbox, so jobs of a dispatcher that died after step 2 still go out.
+3. **Publish.** An :class:`OutboxRelay` in a second thread of the dispatcher process, woken
+   after every round that handed jobs over, publishes them with publisher confirms and
+   forgets them once confirmed (publishing never holds up claiming). The notifications
+   worker runs another relay over the same outbox, so jobs of a dispatcher that died after
+   step 2 still go out.
 
 Crash windows: dying after 1 leaves claims that return after the lease (the reminder is late
 by up to the lease, never lost). Dying between 2 and 3 is covered by the outbox. Dying after a
@@ -95,7 +97,8 @@ def new_owner() -> str:
 
 class ReminderDispatcher:
     """Claims due reminders and hands each to the outbox as an email job (see the module
-    docstring). ``relay``, when given, publishes the outbox right after each hand-over."""
+    docstring). ``on_handed_over`` is called after a round that put jobs into the outbox
+    (the process's relay thread is woken with it)."""
 
     def __init__(
         self,
@@ -106,7 +109,7 @@ class ReminderDispatcher:
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         batch: int = DEFAULT_BATCH,
         interval: float = 1.0,
-        relay: OutboxRelay | None = None,
+        on_handed_over: Callable[[], None] | None = None,
         pause_after_claim: float = 0.0,
     ) -> None:
         if batch < 1:
@@ -118,11 +121,9 @@ class ReminderDispatcher:
         self.lease = timedelta(seconds=lease_seconds)
         self.batch = batch
         self.interval = interval
-        self.relay = relay
+        self.on_handed_over = on_handed_over
         self.pause_after_claim = pause_after_claim
-        self._flush_failures = 0
         self._batch_writes = True
-        self._flush_not_before = 0.0
 
     # -- one round -----------------------------------------------------------------------
 
@@ -212,31 +213,6 @@ class ReminderDispatcher:
         )
         return True
 
-    def flush(self) -> int:
-        """Publish what waits in the outbox (when this dispatcher has a relay); a broker
-        that cannot be reached is logged and left to the next round or the worker's relay."""
-        if self.relay is None or time.monotonic() < self._flush_not_before:
-            return 0
-        published = 0
-        try:
-            while True:
-                count = self.relay.run_once()
-                published += count
-                if count < self.relay.batch:
-                    self._flush_failures = 0
-                    return published
-        except Exception as exc:
-            # Back off, so an unreachable broker does not slow the claims down; the jobs
-            # are safe in the outbox meanwhile.
-            delay = backoff_delay(self._flush_failures, 0.5, 10.0)
-            self._flush_failures += 1
-            self._flush_not_before = time.monotonic() + delay
-            log.warning(
-                "could not publish the outbox now; the jobs wait there",
-                extra={"error": repr(exc), "published": published, "retry_in_seconds": delay},
-            )
-            return published
-
     def run_once(self) -> int:
         """Claim and hand over every due reminder (batch after batch) and publish them;
         returns how many were handed over."""
@@ -247,8 +223,10 @@ class ReminderDispatcher:
                 # Fault injection for crash tests: hold the claims for a while.
                 log.warning("holding claims", extra={"seconds": self.pause_after_claim})
                 time.sleep(self.pause_after_claim)
-            total += self.hand_over(claimed)
-            self.flush()
+            handed = self.hand_over(claimed)
+            if handed and self.on_handed_over is not None:
+                self.on_handed_over()
+            total += handed
             if len(claimed) < self.batch:
                 return total
 
@@ -289,11 +267,48 @@ class ReminderDispatcher:
                     exc_info=True,
                     extra={"error": repr(exc), "retry_in_seconds": round(wait, 2)},
                 )
-            if self.relay is not None:
-                self.relay.publisher.keepalive()
             if wait > 0:
                 stop.wait(wait)
         log.info("dispatcher stopped", extra={"owner": self.owner})
+
+
+class WakeableRelay:
+    """Runs an :class:`OutboxRelay` in its own thread, woken by the dispatcher as soon as a
+    round put jobs into the outbox (else it looks every ``poll_interval``), so publishing
+    never holds up claiming and a due job waits for no poll."""
+
+    def __init__(self, poll_interval: float = 0.5) -> None:
+        self.poll_interval = poll_interval
+        self._wake = threading.Event()
+
+    def wake(self) -> None:
+        """Publish now (called from the dispatcher's thread)."""
+        self._wake.set()
+
+    def run(self, relay: OutboxRelay, stop: threading.Event) -> None:
+        """Publish until ``stop``: drain the outbox, wait to be woken; back off (ignoring
+        wake-ups) while the broker cannot be reached, the jobs staying in the outbox."""
+        failures = 0
+        while not stop.is_set():
+            self._wake.clear()
+            wait = self.poll_interval
+            try:
+                while relay.run_once() >= relay.batch and not stop.is_set():
+                    pass
+                failures = 0
+            except Exception as exc:
+                wait = backoff_delay(failures, 0.5, 10.0)
+                failures += 1
+                log.warning(
+                    "could not publish the outbox now; the jobs wait there",
+                    extra={"error": repr(exc), "retry_in_seconds": round(wait, 2)},
+                )
+            relay.publisher.keepalive()
+            deadline = time.monotonic() + wait
+            while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
+                if self._wake.wait(min(remaining, 0.2)) and failures == 0:
+                    break
+        log.info("dispatcher relay stopped")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -317,18 +332,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("dispatcher", settings.log_level)
     owner = new_owner()
 
-    def loop(stop: threading.Event) -> None:
-        # Store and publisher live in this thread (sqlite3 and pika are thread-bound).
+    relay = WakeableRelay()
+
+    def dispatch_loop(stop: threading.Event) -> None:
+        # Each loop opens its own store (and publisher): sqlite3 and pika are thread-bound.
         store = open_store(settings, "notifications")
-        publisher = JobPublisher(
-            settings.amqp_url,
-            exchange=args.exchange,
-            connection_name=f"eventpost-{owner}",
-            subscriptions=contracts.SUBSCRIPTIONS if args.exchange == EXCHANGE else None,
-        )
-        relay = OutboxRelay(
-            store, publisher, owner=f"{owner}:relay", lease_seconds=args.relay_lease
-        )
         try:
             ReminderDispatcher(
                 store,
@@ -336,15 +344,34 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lease_seconds=args.lease,
                 batch=args.batch,
                 interval=settings.dispatch_interval,
-                relay=relay,
+                on_handed_over=relay.wake,
                 pause_after_claim=args.pause_after_claim,
             ).run(stop)
+        finally:
+            store.close()
+
+    def relay_loop(stop: threading.Event) -> None:
+        store = open_store(settings, "notifications")
+        publisher = JobPublisher(
+            settings.amqp_url,
+            exchange=args.exchange,
+            connection_name=f"eventpost-{owner}",
+            subscriptions=contracts.SUBSCRIPTIONS if args.exchange == EXCHANGE else None,
+        )
+        try:
+            relay.run(
+                OutboxRelay(
+                    store, publisher, owner=f"{owner}:relay", lease_seconds=args.relay_lease
+                ),
+                stop,
+            )
         finally:
             publisher.close()
             store.close()
 
     worker = Worker("dispatcher")
-    worker.add_loop("dispatcher", loop)
+    worker.add_loop("dispatcher", dispatch_loop)
+    worker.add_loop("relay", relay_loop)
     return worker.run()
 
 

@@ -98,13 +98,15 @@ def test_sigkill_while_holding_200_claims_then_restart(broker: Broker, store, tm
 def test_two_dispatchers_over_1000_due_reminders(broker: Broker, store, tmp_path: Path):
     queue = broker.bound_queue("email.send")
     env = env_for(tmp_path, broker.url)
-    common = ("--exchange", broker.exchange, "--batch", "20")
+    # A short hold after each claim leaves the store to the other dispatcher meanwhile, so
+    # the two really claim side by side (else the first awake may take everything at once).
+    common = ("--exchange", broker.exchange, "--batch", "20", "--pause-after-claim", "0.02")
     parts = [dispatcher(f"dispatcher-{n}", env, tmp_path, *common) for n in (1, 2)]
     try:
         for part in parts:
             wait_until(lambda p=part: "dispatcher started" in p.log(), timeout=30, what="start")
         due = utcnow() + timedelta(seconds=1)
-        ids = seed(store, 1000, lambda _i: due)
+        ids = seed(store, 1000, lambda i: due + timedelta(seconds=i / 1000))
         keys: list[str] = []
         collect(broker, queue, keys, 1000, timeout=90, part=parts[0])
         settle(broker, queue, keys, store)
