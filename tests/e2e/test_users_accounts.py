@@ -51,7 +51,6 @@ def _token_of(message) -> str:
 
 def test_sign_up_sends_a_welcome_email(suite):
     name = _name()
-    # example.com: the email-sender refuses special-use domains such as .test.
     resp = suite.client.post(
         "/v1/users",
         json={"username": name, "email": f"{name}@Example.com", "password": PASSWORD},
