@@ -1,0 +1,1 @@
+"""The EventPost services: users, events, notifications (each a deployable of its own)."""
