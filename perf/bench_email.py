@@ -34,6 +34,7 @@ import pika  # noqa: E402
 from email_sender.consumer import BINDINGS  # noqa: E402
 from email_sender.sink import FileSinkHandler, SmtpSink  # noqa: E402
 from eventpost.messaging import Envelope, Publisher, declare_consumer_topology  # noqa: E402
+from eventpost.messaging.topology import retry_queue_name  # noqa: E402
 from eventpost.settings import Settings  # noqa: E402
 
 RETRY_DELAYS = (5.0, 30.0)
@@ -134,8 +135,8 @@ def run_once(amqp_url: str, n: int, workers: int, prefetch: int, log_level: str)
             sink.stop()
             for name in (queue, f"{queue}.parked", outcomes):
                 ch.queue_delete(name)
-            for step in range(len(RETRY_DELAYS)):
-                ch.queue_delete(f"{queue}.retry.{step}")
+            for delay in RETRY_DELAYS:
+                ch.queue_delete(retry_queue_name(queue, delay))
             ch.exchange_delete(exchange)
             conn.close()
     return {

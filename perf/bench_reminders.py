@@ -50,6 +50,7 @@ import pika  # noqa: E402
 import pika.exceptions  # noqa: E402
 
 from email_sender.sink import FileSinkHandler, SmtpSink  # noqa: E402
+from eventpost.messaging.topology import retry_queue_name  # noqa: E402
 from eventpost.settings import Settings  # noqa: E402
 from eventpost.storage.sqlite import SqliteStore  # noqa: E402
 from eventpost.timeutil import format_time, parse_time  # noqa: E402
@@ -239,7 +240,9 @@ def run_once(args: argparse.Namespace, amqp_url: str, spread: float) -> dict:
             store.close()
             ch = conn.channel()
             for queue in [sender_queue, *ours]:
-                for name in [queue, f"{queue}.parked"] + [f"{queue}.retry.{i}" for i in range(3)]:
+                for name in [queue, f"{queue}.parked"] + [
+                    retry_queue_name(queue, float(d)) for d in RETRY_DELAYS.split(",")
+                ]:
                     ch.queue_delete(name)
             ch.exchange_delete(exchange)
             conn.close()

@@ -9,7 +9,8 @@ the queues):
    and :data:`attempt_var` to the attempt number (1 on first delivery).
 3. The handler returns: the message is acked. It raises :class:`PermanentError`:
    ``on_exhausted(envelope, error)`` is called and the message parked (``permanent``). It
-   raises anything else: the message is published (with confirms) to ``<queue>.retry.<n-1>``
+   raises anything else: the message is published (with confirms) to the delay queue of the
+   n-th delay (``<queue>.retry.<ms>ms``)
    with ``x-attempt: n+1`` (n = this attempt) and then acked; after the TTL of that delay
    queue the broker puts it back on ``<queue>``. When attempt ``len(retry_delays) + 1``
    fails, ``on_exhausted`` is called and the message parked (``exhausted``).
@@ -374,10 +375,10 @@ class Consumer:
         channel = self._channel
         assert channel is not None
         if outcome.action == "retry":
-            step = delivery.attempt - 1
+            delay = self.retry_delays[delivery.attempt - 1]
             self._republish(
                 delivery,
-                retry_queue_name(self.queue, step),
+                retry_queue_name(self.queue, delay),
                 {
                     ATTEMPT_HEADER: delivery.attempt + 1,
                     ERROR_HEADER: _describe(outcome.error),

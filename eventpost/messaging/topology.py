@@ -4,7 +4,7 @@ what it uses when it connects and nothing has to be set up by hand.
 
 Per consumer queue ``q`` (bound to :data:`EXCHANGE` with the consumer's binding keys):
 
-- ``q.retry.<i>`` for each retry step ``i``: no consumer; ``x-message-ttl`` is the step's
+- ``q.retry.<ms>ms`` for the delay of each retry step: no consumer; ``x-message-ttl`` is that
   delay, and an expired message is dead-lettered through the default exchange straight back to
   ``q`` (only ``q``, not to every queue bound to the original routing key). Each delay queue
   holds messages of one TTL only, so they expire in order.
@@ -17,10 +17,11 @@ add replication, which needs a cluster, and on RabbitMQ 3.10 dead-lettering out 
 queue is at-most-once unless extra policies are set, which would let a delay queue lose the
 messages it holds.
 
-The arguments of a declared queue are fixed by the broker: changing a retry delay of an
-existing consumer makes the declaration fail with ``PRECONDITION_FAILED`` until its
-``q.retry.<i>`` queue is deleted (after it has drained). Bindings dropped from the code are not
-unbound automatically.
+The arguments of a declared queue are fixed by the broker, so each delay queue is named after
+its delay: changing ``RETRY_DELAYS`` declares new delay queues instead of failing with
+``PRECONDITION_FAILED`` (which would wedge the consumer); messages still waiting in a queue of
+an old delay go back to ``q`` when they expire, and the empty old queue can be deleted by hand.
+Bindings dropped from the code are not unbound automatically.
 """
 
 from __future__ import annotations
@@ -44,9 +45,14 @@ EXCHANGE = "eventpost"
 BLOCKED_CONNECTION_TIMEOUT = 60.0
 
 
-def retry_queue_name(queue: str, step: int) -> str:
-    """The delay queue of retry ``step`` (0-based) of ``queue``."""
-    return f"{queue}.retry.{step}"
+def retry_queue_name(queue: str, delay: float) -> str:
+    """The delay queue of ``queue`` that holds messages for ``delay`` seconds."""
+    return f"{queue}.retry.{delay_ms(delay)}ms"
+
+
+def delay_ms(delay: float) -> int:
+    """A delay in whole milliseconds (at least 1), as the broker's TTL takes it."""
+    return max(1, round(delay * 1000))
 
 
 def parked_queue_name(queue: str) -> str:
@@ -81,12 +87,12 @@ def declare_consumer_topology(
     one delay queue per entry of ``retry_delays`` (seconds) and the parking queue."""
     declare_exchange(channel, exchange)
     declare_bound_queue(channel, queue, bindings, exchange)
-    for step, delay in enumerate(retry_delays):
+    for delay in retry_delays:
         channel.queue_declare(
-            queue=retry_queue_name(queue, step),
+            queue=retry_queue_name(queue, delay),
             durable=True,
             arguments={
-                "x-message-ttl": max(1, round(delay * 1000)),
+                "x-message-ttl": delay_ms(delay),
                 "x-dead-letter-exchange": "",
                 "x-dead-letter-routing-key": queue,
             },

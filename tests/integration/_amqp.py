@@ -23,10 +23,15 @@ import pika.exceptions
 import pytest
 
 from eventpost.messaging import Consumer
+from eventpost.messaging.topology import retry_queue_name
 from eventpost.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HELPER_MODULE = "tests.integration.messaging_helpers"
+
+
+#: Every retry delay the tests use: cleanup deletes the delay queues named after them.
+TEST_DELAYS = (0.1, 0.2, 0.3, 0.5, 1.0, 2.0)
 
 
 def amqp_url() -> str:
@@ -121,7 +126,8 @@ class Broker:
     def cleanup(self) -> None:
         ch = self.channel()
         for queue in self.queues:
-            for name in [queue, f"{queue}.parked", *(f"{queue}.retry.{i}" for i in range(6))]:
+            retries = [retry_queue_name(queue, d) for d in TEST_DELAYS]
+            for name in [queue, f"{queue}.parked", *retries]:
                 ch.queue_delete(name)
         ch.exchange_delete(self.exchange)
         self.connection.close()

@@ -14,6 +14,7 @@ import pytest
 
 from eventpost.logs import request_id_var
 from eventpost.messaging import Consumer, Envelope, PermanentError, Publisher, attempt_var
+from eventpost.messaging.topology import retry_queue_name
 from tests.integration._amqp import (
     Broker,
     broker,
@@ -119,8 +120,8 @@ def test_failing_message_is_retried_with_growing_delays_then_parked(broker: Brok
     assert props.headers["x-original-routing-key"] == key
     assert "try 4 failed" in props.headers["x-error"]
     assert broker.depth(consumer.queue) == 0
-    for step in range(len(delays)):
-        assert broker.depth(f"{consumer.queue}.retry.{step}") == 0
+    for delay in delays:
+        assert broker.depth(retry_queue_name(consumer.queue, delay)) == 0
 
 
 def test_permanent_error_is_parked_at_once(broker: Broker):
@@ -265,4 +266,30 @@ def test_consumer_killed_mid_message_gets_it_redelivered_and_handled_once(broker
     assert _rows(db, "SELECT envelope_id, pid FROM completions") == [(env.id, survivor.pid)]
     assert _rows(db, "SELECT envelope_id FROM done") == [(env.id,)]
     assert broker.depth(queue) == 0
+    assert broker.depth(f"{queue}.parked") == 0
+
+
+def test_changing_the_retry_delays_does_not_wedge_the_consumer(broker: Broker):
+    """Delay queues are named after their delay: a consumer restarted with other
+    RETRY_DELAYS declares new ones instead of failing with PRECONDITION_FAILED."""
+    key = unique("k")
+    queue = broker.queue_name("consumer")
+    tries: list[int | None] = []
+
+    def handler(env: Envelope) -> None:
+        tries.append(attempt_var.get())
+        if len(tries) == 1:
+            raise RuntimeError("first try fails")
+
+    for delays in ((0.5,), (0.2,)):
+        consumer = Consumer(
+            broker.url, queue, [key], handler, retry_delays=delays, exchange=broker.exchange
+        )
+        with running(consumer):
+            wait_until(lambda c=consumer: broker.consumers(c.queue) == 1, what="consumer")
+            if delays == (0.2,):
+                publish(broker, Envelope.new(key, {"x": 1}))
+                wait_until(lambda: len(tries) == 2, what="the retried message")
+    assert tries == [1, 2]
+    assert broker.depth(retry_queue_name(queue, 0.2)) == 0
     assert broker.depth(f"{queue}.parked") == 0
