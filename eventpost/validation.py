@@ -5,6 +5,7 @@ expected is a 422, so no operator ever reaches a store), malformed JSON is a 400
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
 import falcon
@@ -79,3 +80,23 @@ def parse_body(req: falcon.Request, model: type[M], max_bytes: int) -> M:
 def fields_set(model: BaseModel) -> dict[str, Any]:
     """Only the fields the client sent (for PATCH)."""
     return model.model_dump(exclude_unset=True)
+
+
+#: API.md's list conventions: ``?limit=`` from 1, default 20; larger values are clamped to 100.
+LIMIT_DEFAULT = 20
+LIMIT_MAX = 100
+_INTEGER = re.compile(r"\s*[+-]?\d{1,9}\s*")
+
+
+def parse_limit(raw: str | None) -> int:
+    """The page size a ``limit`` query parameter asks for: the default when absent, at most
+    :data:`LIMIT_MAX`; raises ValueError (with the message for the client) when it is not an
+    integer or below 1."""
+    if raw is None:
+        return LIMIT_DEFAULT
+    if not _INTEGER.fullmatch(raw):
+        raise ValueError("must be an integer from 1 to 100")
+    limit = int(raw)
+    if limit < 1:
+        raise ValueError("must be at least 1")
+    return min(limit, LIMIT_MAX)

@@ -22,7 +22,7 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator, mod
 
 from eventpost.problems import ValidationProblem, field_error
 from eventpost.timeutil import format_time, parse_time
-from eventpost.validation import StrictModel
+from eventpost.validation import LIMIT_DEFAULT, StrictModel, parse_limit
 
 TITLE_MAX = 200
 DESCRIPTION_MAX = 5000
@@ -32,8 +32,6 @@ TOPICS_MAX = 20
 TOPIC_MAX = 40
 QUERY_TOPICS_MAX = 20
 Q_MAX = 200
-LIMIT_DEFAULT = 20
-LIMIT_MAX = 100
 RADIUS_DEFAULT_KM = 10.0
 RADIUS_MAX_KM = 20_000.0
 DISTANCE_DECIMALS = 3
@@ -439,15 +437,10 @@ def parse_search(params: Params) -> Search:
         errors.append({"field": "sort", "message": "sort=distance needs near"})
 
     limit = LIMIT_DEFAULT
-    raw_limit = _single(params, "limit", errors)
-    if raw_limit is not None:
-        if not re.fullmatch(r"\s*[+-]?\d{1,9}\s*", raw_limit):
-            errors.append({"field": "limit", "message": "must be an integer from 1 to 100"})
-        else:
-            limit = int(raw_limit)
-            if limit < 1:
-                errors.append({"field": "limit", "message": "must be at least 1"})
-            limit = min(limit, LIMIT_MAX)
+    try:
+        limit = parse_limit(_single(params, "limit", errors))
+    except ValueError as exc:
+        errors.append({"field": "limit", "message": str(exc)})
 
     cursor = _single(params, "cursor", errors) or None
 

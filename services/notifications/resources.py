@@ -33,7 +33,7 @@ from eventpost.auth import Claims, authenticate
 from eventpost.problems import ValidationProblem, field_error
 from eventpost.storage import Collection, NotFound, VersionConflict
 from eventpost.timeutil import Clock, format_time, parse_time
-from eventpost.validation import StrictModel, fields_set, parse_body
+from eventpost.validation import StrictModel, fields_set, parse_body, parse_limit
 from services.notifications import domain
 from services.notifications.clients import UnknownEvent, Upstreams
 from services.notifications.store import get_owned, list_owned
@@ -41,6 +41,8 @@ from services.notifications.store import get_owned, list_owned
 log = logging.getLogger(__name__)
 
 _PATCH_RETRIES = 5
+#: The query parameters of ``GET /v1/notifications``; any other is a 422.
+LIST_PARAMETERS = frozenset({"status", "event_id", "limit", "cursor"})
 
 
 class CreateNotification(StrictModel):
@@ -183,18 +185,21 @@ class NotificationsResource(_Base):
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         claims = self._caller(req)
+        unknown = sorted(set(req.params) - LIST_PARAMETERS)
+        if unknown:  # as events and users do: a typo must not silently widen the list
+            raise ValidationProblem(
+                [{"field": name, "message": "unknown query parameter"} for name in unknown]
+            )
         status = _single(req, "status")
         if status is not None and status not in domain.STATUSES:
             raise field_error("status", "must be one of " + ", ".join(domain.STATUSES))
         event_id = _single(req, "event_id")
         if event_id is not None and not 1 <= len(event_id) <= 128:
             raise field_error("event_id", "must be 1 to 128 characters")
-        raw_limit = _single(req, "limit")
-        limit = 20
-        if raw_limit is not None:
-            if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
-                raise field_error("limit", "must be an integer from 1 to 100")
-            limit = int(raw_limit)
+        try:
+            limit = parse_limit(_single(req, "limit"))
+        except ValueError as exc:
+            raise field_error("limit", str(exc)) from None
         cursor = _single(req, "cursor")
         try:
             page = list_owned(

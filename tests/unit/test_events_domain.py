@@ -9,10 +9,9 @@ import icalendar
 import pytest
 
 from eventpost.problems import ValidationProblem
-from eventpost.validation import parse_model
+from eventpost.validation import LIMIT_MAX, parse_model
 from services.events.cache import StampedCache
 from services.events.domain import (
-    LIMIT_MAX,
     EventIn,
     EventPatch,
     Search,

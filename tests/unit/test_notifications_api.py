@@ -163,8 +163,8 @@ def test_list_own_soonest_first_with_filters_and_pages(api, ann, bob):  # noqa: 
     ("params", "field"),
     [
         ({"limit": "0"}, "limit"),
-        ({"limit": "101"}, "limit"),
         ({"limit": "ten"}, "limit"),
+        ({"statuss": "sent"}, "statuss"),
         ({"status": "lost"}, "status"),
         ({"cursor": "garbage"}, "cursor"),
     ],
@@ -173,6 +173,14 @@ def test_list_refuses_bad_parameters(api, ann, params, field):  # noqa: F811
     resp = api.call("GET", "/v1/notifications", ann, params=params)
     assert resp.status_code == 422, resp.text
     assert resp.json["errors"][0]["field"] == field
+
+
+def test_list_clamps_a_limit_over_100(api, ann):  # noqa: F811
+    for _ in range(3):
+        create(api, ann)
+    resp = api.call("GET", "/v1/notifications", ann, params={"limit": "101"})
+    assert resp.status_code == 200, resp.text
+    assert len(resp.json["items"]) == 3
 
 
 # -- GET / PATCH / DELETE one -------------------------------------------------------------
