@@ -216,7 +216,13 @@ def test_list_own_soonest_first_filters_and_pages(suite, admin, event):
         if not cursor:
             break
     assert seen == [soon, ids[1], ids[2], ids[0]]
-    for bad in ({"limit": 0}, {"limit": "x"}, {"status": "nope"}, {"cursor": "x"}, {"stat": "sent"}):
+    for bad in (
+        {"limit": 0},
+        {"limit": "x"},
+        {"status": "nope"},
+        {"cursor": "x"},
+        {"stat": "sent"},
+    ):
         _problem(suite.client.get("/v1/notifications", params=bad, headers=ann.headers), 422)
 
 
