@@ -170,16 +170,24 @@ class Verifier:
         raise NotImplementedError
 
 
+def unauthorized(
+    description: str = "The access token is invalid or expired.",
+    error: str | None = "invalid_token",
+) -> falcon.HTTPUnauthorized:
+    """The 401 every part answers for a missing (``error=None``) or unusable token, with its
+    RFC 6750 ``WWW-Authenticate`` challenge."""
+    challenge = f'Bearer error="{error}"' if error else "Bearer"
+    return falcon.HTTPUnauthorized(
+        title="Unauthorized", description=description, challenges=[challenge]
+    )
+
+
 def bearer_token(req: falcon.Request) -> str:
     """The token of an ``Authorization: Bearer`` header, or 401."""
     header = req.get_header("Authorization") or ""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise falcon.HTTPUnauthorized(
-            title="Unauthorized",
-            description="A bearer access token is required.",
-            challenges=["Bearer"],
-        )
+        raise unauthorized("A bearer access token is required.", error=None)
     return token.strip()
 
 
@@ -190,8 +198,4 @@ def authenticate(req: falcon.Request, verifier: KeySet | RemoteKeySet | Verifier
     try:
         return verifier.verify(token)
     except InvalidToken:
-        raise falcon.HTTPUnauthorized(
-            title="Unauthorized",
-            description="The access token is invalid or expired.",
-            challenges=['Bearer error="invalid_token"'],
-        ) from None
+        raise unauthorized() from None

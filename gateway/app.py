@@ -29,7 +29,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from eventpost.auth import InvalidToken
+from eventpost.auth import InvalidToken, unauthorized
 from eventpost.discovery import SERVICES, Discovery, discovery_for
 from eventpost.logs import request_id_var
 from eventpost.problems import PROBLEM_JSON, problem_body, problem_from_http_error
@@ -299,20 +299,12 @@ class Proxy:
         header = req.get_header("Authorization")
         if header is None:
             if requires_user(req.method, req.path):
-                raise falcon.HTTPUnauthorized(
-                    title="Unauthorized",
-                    description="A bearer access token is required.",
-                    challenges=["Bearer"],
-                )
+                raise unauthorized("A bearer access token is required.", error=None)
             return
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise falcon.HTTPUnauthorized(
-                title="Unauthorized",
-                description="Only bearer access tokens are accepted.",
-                challenges=['Bearer error="invalid_request"'],
-            )
+            raise unauthorized("Only bearer access tokens are accepted.", "invalid_request")
         try:
             claims = await self.verifier.verify(token)
         except KeysUnavailable:
@@ -322,11 +314,7 @@ class Proxy:
                 retry_after=5,
             ) from None
         except InvalidToken:
-            raise falcon.HTTPUnauthorized(
-                title="Unauthorized",
-                description="The access token is invalid or expired.",
-                challenges=['Bearer error="invalid_token"'],
-            ) from None
+            raise unauthorized() from None
         req.context.subject = claims.sub
         decision = self.limiter.take("sub:" + claims.sub)
         if not decision.allowed:

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import falcon
 
+from eventpost.auth import unauthorized
 from eventpost.discovery import Discovery
 
 log = logging.getLogger(__name__)
@@ -115,10 +116,6 @@ class HttpUpstreams:
             return body
         if status in (401, 404):
             # The token verified here but the account is gone (or was revoked there).
-            raise falcon.HTTPUnauthorized(
-                title="Unauthorized",
-                description="The account of this token no longer exists.",
-                challenges=["Bearer"],
-            )
+            raise unauthorized("The account of this token no longer exists.")
         log.warning("users answered %s for /v1/users/me", status)
         raise _unavailable("users")

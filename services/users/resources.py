@@ -8,7 +8,7 @@ from typing import Any
 import falcon
 from pydantic import Field
 
-from eventpost.auth import authenticate
+from eventpost.auth import authenticate, unauthorized
 from eventpost.problems import PROBLEM_JSON, ValidationProblem, problem_body
 from eventpost.validation import StrictModel, parse_body
 from eventpost.web import dumps
@@ -88,11 +88,7 @@ class _Base:
         claims = authenticate(req, self.keys)
         user = self.accounts.get(claims.sub)
         if user is None:
-            raise falcon.HTTPUnauthorized(
-                title="Unauthorized",
-                description="The access token is invalid or expired.",
-                challenges=['Bearer error="invalid_token"'],
-            )
+            raise unauthorized()
         return user
 
 
