@@ -35,6 +35,7 @@ SPEC = CollectionSpec(
     array_fields=("topics",),
     text_fields=("title", "description"),
     geo_field="place",
+    geo_time_field="starts_at",
 )
 CITIES = {
     "Paris": (48.8566, 2.3522),

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import calendar
 import json
 import math
 import re
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from eventpost.storage.port import (
@@ -36,6 +38,8 @@ _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)*$")
 # tokenizers of both backends (SQLite FTS5 unicode61, MongoDB text indexes).
 _WORD = re.compile(r"[^\W_]+")
 _SCALARS = (str, int, float, bool, type(None))
+#: The shape of :func:`eventpost.timeutil.format_time` strings.
+_CANONICAL_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z", re.ASCII)
 # Degrees added around a bounding box so that rounding never loses a point on its edge.
 _BOX_MARGIN_DEG = 1e-6
 
@@ -63,11 +67,30 @@ def check_spec(spec: CollectionSpec) -> CollectionSpec:
     fields += [*spec.array_fields, *spec.text_fields]
     if spec.geo_field is not None:
         fields.append(spec.geo_field)
+    if spec.geo_time_field is not None:
+        if spec.geo_field is None:
+            raise ValueError("geo_time_field needs geo_field")
+        fields.append(spec.geo_time_field)
     for name in fields:
         check_field(name)
     if any(not group for group in (*spec.unique, *spec.indexes)):
         raise ValueError("an index needs at least one field")
     return spec
+
+
+def time_seconds(value: Any) -> int | None:
+    """Whole epoch seconds of ``value`` when it is a canonical time string
+    (:func:`eventpost.timeutil.format_time`, a real date and time), else None.
+
+    Such strings sort as these seconds do (fixed width), so a range of them is a range of
+    seconds; the SQLite adapter computes the same number for stored values."""
+    if not isinstance(value, str) or not _CANONICAL_TIME.fullmatch(value):
+        return None
+    try:
+        moment = datetime.strptime(value[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return calendar.timegm(moment.utctimetuple())
 
 
 def check_new_document(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,8 @@ inside the writing transaction, whoever writes:
 - ``name__tags(field, value, rid)``: one row per element of each array field (any-of filters);
 - ``name__fts``: an FTS5 table over the text fields (rowid = rid);
 - ``name__geo``: an R*Tree of the geo points (id = rid) with the exact lat/lng as auxiliary
-  columns, so distances need no JSON parsing.
+  columns, so distances need no JSON parsing;
+- ``name__geot``: with a ``geo_time_field``, the same with time as a third dimension.
 
 Every name put into SQL here was checked by :func:`eventpost.storage._query.check_spec`.
 """
@@ -108,27 +109,68 @@ class _TextTable:
         return [f'DELETE FROM "{self.name}" WHERE rowid = {row}.rid']
 
 
-class _GeoTable:
-    """An R*Tree of points (a box of zero size each) with their exact lat/lng."""
+#: The time dimension of an R*Tree entry whose time field holds no canonical time: every time
+#: (R*Tree coordinates are 32-bit floats; this is well inside their range).
+UNBOUNDED_TIME = 1e38
+#: A canonical time string (eventpost.timeutil.format_time), as a GLOB pattern.
+_TIME_GLOB = "-".join(["[0-9]" * 4, "[0-9]" * 2, "[0-9]" * 2]) + "T" + ":".join(["[0-9]" * 2] * 3)
+_TIME_GLOB += "." + "[0-9]" * 6 + "Z"
 
-    def __init__(self, table: str, field: str) -> None:
-        self.name = f"{table}__geo"
+
+def time_seconds_sql(path: str, row: str) -> str:
+    """Whole epoch seconds of the canonical time string at ``path`` (as
+    :func:`eventpost.storage._query.time_seconds`), NULL when it holds none: not text, not
+    of the canonical shape, or not a real date and time (SQLite would read 2026-02-30 as
+    March 2nd; the round trip through its normalising date functions catches that)."""
+    value = json_expr(path, row)
+    whole = f"substr({value}, 1, 19)"
+    valid = (
+        f"json_type({row}.doc, '$.{path}') = 'text' AND {value} GLOB '{_TIME_GLOB}' "
+        f"AND strftime('%Y-%m-%dT%H:%M:%S', {whole}, '+0 seconds') = {whole}"
+    )
+    return f"(CASE WHEN {valid} THEN CAST(strftime('%s', {whole}) AS INTEGER) END)"
+
+
+class _GeoTable:
+    """An R*Tree of points (a box of zero size each) with their exact lat/lng.
+
+    With a time field, a third dimension holds its time in epoch seconds (a document without
+    a canonical time there spans every time, so the tree never hides it: the filter on the
+    field itself decides). That tree is kept beside the flat one, not instead of it: its
+    nodes group points close in place and time, so a query over all times would visit
+    several times more of them (measured: 5x slower near queries without a time range)."""
+
+    def __init__(self, table: str, field: str, time_field: str | None = None) -> None:
+        self.name = f"{table}__geot" if time_field else f"{table}__geo"
         self.paths = [f"{field}.lat", f"{field}.lng"]
+        self.time_field = time_field
+        if time_field is not None:
+            self.paths.append(time_field)
 
     def create(self) -> list[str]:
+        time = " min_t, max_t," if self.time_field else ""
         return [
             f'CREATE VIRTUAL TABLE "{self.name}" USING rtree('
-            "id, min_lat, max_lat, min_lng, max_lng, +lat, +lng)"
+            f"id, min_lat, max_lat, min_lng, max_lng,{time} +lat, +lng)"
         ]
 
     def insert(self, row: str, table: str | None = None) -> list[str]:
-        lat, lng = (json_expr(p, row) for p in self.paths)
+        lat, lng = (json_expr(p, row) for p in self.paths[:2])
         is_number = " AND ".join(
-            f"json_type({row}.doc, '$.{p}') IN ('integer', 'real')" for p in self.paths
+            f"json_type({row}.doc, '$.{p}') IN ('integer', 'real')" for p in self.paths[:2]
         )
+        columns, values = "", ""
+        if self.time_field is not None:
+            seconds = time_seconds_sql(self.time_field, row)
+            columns = ", min_t, max_t"
+            values = (
+                f", coalesce({seconds}, -{UNBOUNDED_TIME!r}), "
+                f"coalesce({seconds}, {UNBOUNDED_TIME!r})"
+            )
         return [
-            f'INSERT INTO "{self.name}"(id, min_lat, max_lat, min_lng, max_lng, lat, lng) '
-            f"SELECT {row}.rid, {lat}, {lat}, {lng}, {lng}, {lat}, {lng}{_from(table, row)} "
+            f'INSERT INTO "{self.name}"(id, min_lat, max_lat, min_lng, max_lng{columns}, lat, lng) '
+            f"SELECT {row}.rid, {lat}, {lat}, {lng}, {lng}{values}, {lat}, {lng}"
+            f"{_from(table, row)} "
             f"WHERE {is_number} AND {lat} BETWEEN -90 AND 90 AND {lng} BETWEEN -180 AND 180"
         ]
 
@@ -148,13 +190,22 @@ class CollectionSchema:
         self.tags = _TagsTable(self.table, spec.array_fields) if spec.array_fields else None
         self.text = _TextTable(self.table, spec.text_fields) if spec.text_fields else None
         self.geo = _GeoTable(self.table, spec.geo_field) if spec.geo_field else None
+        self.geo_time = (
+            _GeoTable(self.table, spec.geo_field, spec.geo_time_field)
+            if spec.geo_field and spec.geo_time_field
+            else None
+        )
         self.side_tables: list[SideTable] = [
-            t for t in (self.tags, self.text, self.geo) if t is not None
+            t for t in (self.tags, self.text, self.geo, self.geo_time) if t is not None
         ]
         #: unique index name -> its fields (to name the fields of a DuplicateKey)
         self.unique_indexes = {_index_name(self.table, "ux", f): f for f in spec.unique}
         self.indexes = {_index_name(self.table, "ix", f): f for f in spec.indexes}
-        self.spec_json = json.dumps(asdict(spec), sort_keys=True)
+        stored = asdict(spec)
+        if stored["geo_time_field"] is None:
+            # as written before the field existed: files of unchanged specs are not rebuilt
+            del stored["geo_time_field"]
+        self.spec_json = json.dumps(stored, sort_keys=True)
 
     def sortable(self, path: str) -> bool:
         """Whether an index starts with ``path`` (so sorting by it needs no sort step; the
@@ -253,7 +304,7 @@ def _drop_derived(conn: sqlite3.Connection, table: str) -> None:
     for kind, name in sorted(rows, key=lambda r: kinds[r[0]]):
         if kind == "table":
             # only the side tables themselves; a virtual table drops its shadow tables
-            if name.rsplit("__", 1)[1] in ("tags", "fts", "geo"):
+            if name.rsplit("__", 1)[1] in ("tags", "fts", "geo", "geot"):
                 conn.execute(f'DROP TABLE IF EXISTS "{name}"')
         else:
             conn.execute(f'DROP {kind.upper()} IF EXISTS "{name}"')

@@ -13,8 +13,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from eventpost.storage._query import DISTANCE, EARTH_RADIUS_KM, SortSpec, bounding_boxes
-from eventpost.storage._sqlite_schema import CollectionSchema, json_expr
+from eventpost.storage._query import (
+    DISTANCE,
+    EARTH_RADIUS_KM,
+    SortSpec,
+    bounding_boxes,
+    time_seconds,
+)
+from eventpost.storage._sqlite_schema import UNBOUNDED_TIME, CollectionSchema, json_expr
 from eventpost.storage.port import AnyOf, Near, Range
 
 #: SQL math functions the distance needs (built into most SQLite builds; registered from
@@ -43,6 +49,11 @@ NEAREST_FIRST_MARGIN = 8
 #: step can be a cheap comparison or a JSON parse. Either plan returns the same rows.
 WALK_BUDGET_SECONDS = 0.010
 PROGRESS_STEPS = 1000
+
+#: Seconds added on each side of a time window of the geo index (see :func:`time_window`).
+TIME_MARGIN_SECONDS = 2
+#: First and last epoch second of a time window.
+TimeWindow = tuple[float, float]
 
 _RANGE_OPERATORS = (("gte", ">="), ("gt", ">"), ("lte", "<="), ("lt", "<"))
 
@@ -145,11 +156,39 @@ def text_filter_sql(fts: str, match_param: str, rid: str, *, row_by_row: bool) -
 # -- geo ----------------------------------------------------------------------------------
 
 
-def box_sql(near: Near, bind: Params, alias: str = "g") -> str:
-    """The R*Tree entry lies in the bounding box(es) of the circle of ``near``."""
+def time_window(schema: CollectionSchema, where: Mapping[str, Any]) -> TimeWindow | None:
+    """The epoch seconds (first, last) the geo index's time dimension must overlap for a
+    row to match the :class:`Range` of ``where`` on the collection's ``geo_time_field``, or
+    None when that gives no bound (no such field or range, or no bound that is a canonical
+    time string: other bounds are left to the filter itself).
+
+    Canonical time strings sort as their whole seconds do, so a string ``s >= lo`` has
+    ``seconds(s) >= seconds(lo)`` (likewise for ``>``, ``<=``, ``<``): the window holds
+    every match. A margin of :data:`TIME_MARGIN_SECONDS` absorbs any rounding."""
+    path = schema.spec.geo_time_field
+    cond = where.get(path) if path is not None and schema.geo_time is not None else None
+    if not isinstance(cond, Range):
+        return None
+    lows = [time_seconds(v) for v in (cond.gte, cond.gt)]
+    highs = [time_seconds(v) for v in (cond.lte, cond.lt)]
+    low = max((s for s in lows if s is not None), default=None)
+    high = min((s for s in highs if s is not None), default=None)
+    if low is None and high is None:
+        return None
+    return (
+        -UNBOUNDED_TIME if low is None else float(low - TIME_MARGIN_SECONDS),
+        UNBOUNDED_TIME if high is None else float(high + TIME_MARGIN_SECONDS),
+    )
+
+
+def box_sql(near: Near, bind: Params, alias: str = "g", window: TimeWindow | None = None) -> str:
+    """The R*Tree entry lies in the bounding box(es) of the circle of ``near`` (and, with a
+    ``window``, overlaps it in the time dimension)."""
     boxes = bounding_boxes(near)
     min_lat, max_lat = boxes[0][0], boxes[0][1]  # every box spans the same latitudes
     lat = f"{alias}.max_lat >= {bind(min_lat)} AND {alias}.min_lat <= {bind(max_lat)}"
+    if window is not None:
+        lat += f" AND {alias}.max_t >= {bind(window[0])} AND {alias}.min_t <= {bind(window[1])}"
     lngs = [
         f"{alias}.max_lng >= {bind(west)} AND {alias}.min_lng <= {bind(east)}"
         for _, _, west, east in boxes

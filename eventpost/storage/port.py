@@ -139,6 +139,10 @@ class CollectionSpec:
     - ``text_fields``: the fields :attr:`Query.text` searches.
     - ``geo_field``: dotted path of a ``{"lat": float, "lng": float, ...}`` object that
       :attr:`Query.near` measures from.
+    - ``geo_time_field``: optionally, a time field (holding
+      :func:`eventpost.timeutil.format_time` strings) indexed together with the geo point,
+      so that a ``near`` query with a :class:`Range` on it is one look-up (an index hint:
+      results are the same with or without it; needs ``geo_field``).
     """
 
     name: str
@@ -147,6 +151,7 @@ class CollectionSpec:
     array_fields: tuple[str, ...] = ()
     text_fields: tuple[str, ...] = ()
     geo_field: str | None = None
+    geo_time_field: str | None = None
 
 
 class Collection(abc.ABC):

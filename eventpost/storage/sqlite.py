@@ -52,6 +52,7 @@ from eventpost.storage._sqlite_sql import (
     PROGRESS_STEPS,
     WALK_BUDGET_SECONDS,
     Params,
+    TimeWindow,
     after_sql,
     box_sql,
     distance_sql,
@@ -59,6 +60,7 @@ from eventpost.storage._sqlite_sql import (
     order_by_sql,
     sort_exprs,
     text_filter_sql,
+    time_window,
     where_sql,
 )
 from eventpost.storage.port import (
@@ -491,7 +493,7 @@ class SqliteCollection(Collection):
         words = text_words(query.text) if query.text is not None else None
         if words == []:
             return Page(items=[], next_cursor=None)
-        plan = self._plan(query.near, words, sort)
+        plan = self._plan(query, words, sort)
         rows = None
         if plan.fallback is not None:
             if self._store._local.depth == 0:  # never interrupt a read inside a transaction
@@ -514,18 +516,22 @@ class SqliteCollection(Collection):
             doc["distance_km"] = row[-1]
         return doc
 
-    def _plan(self, near: Near | None, words: list[str] | None, sort: SortSpec) -> _Plan:
+    def _plan(self, query: Query, words: list[str] | None, sort: SortSpec) -> _Plan:
         """Which table leads a find.
 
-        Candidate generators are the R*Tree (near) and the FTS index (text). When the
+        Candidate generators are the R*Tree (near, and the time window when the query has a
+        range on the ``geo_time_field``) and the FTS index (text). When the
         smallest candidate set is small, or the sort cannot come from an index (distance),
         that generator leads and its candidates are sorted. Otherwise the table leads, walked
         in sort order, each row checked until the page is full; as that walk is slow when few
         rows match, it gets a budget, and the smallest generator leads when it runs out."""
         counts = {}
+        near = query.near
         if near is not None:
             bind = Params()
-            box = f'SELECT 1 FROM "{self.schema.geo.name}" AS g WHERE {box_sql(near, bind)}'  # type: ignore[union-attr]
+            window = time_window(self.schema, query.where)
+            where = box_sql(near, bind, window=window)
+            box = f'SELECT 1 FROM "{self._geo_table(window)}" AS g WHERE {where}'
             counts["geo"] = self._count_capped(box, bind, COUNT_CAP)
         if words is not None:
             bind = Params()
@@ -618,10 +624,11 @@ class SqliteCollection(Collection):
         bind = Params()
         distance = distance_sql(query.near, bind) if query.near else None
         exprs = sort_exprs(sort, distance)
-        source, access_conditions = self._access_path(query.near, words, plan, bind)
+        window = time_window(self.schema, query.where) if query.near else None
+        source, access_conditions = self._access_path(query.near, window, words, plan, bind)
         conditions = where_sql(self.schema, query.where, bind)
         if query.near is not None:
-            conditions.append(box_sql(query.near, bind))
+            conditions.append(box_sql(query.near, bind, window=window))
             conditions.append(f"{distance} <= {bind(query.near.radius_km)}")
         if after is not None:
             conditions.append(after_sql(exprs, sort, after, bind))
@@ -636,12 +643,25 @@ class SqliteCollection(Collection):
         )
         return sql, bind.values
 
+    def _geo_table(self, window: TimeWindow | None) -> str:
+        """The R*Tree a near query reads: the one with a time dimension when the query has a
+        time window on it."""
+        assert self.schema.geo is not None
+        if window is not None and self.schema.geo_time is not None:
+            return self.schema.geo_time.name
+        return self.schema.geo.name
+
     def _access_path(
-        self, near: Near | None, words: list[str] | None, plan: _Plan, bind: Params
+        self,
+        near: Near | None,
+        window: TimeWindow | None,
+        words: list[str] | None,
+        plan: _Plan,
+        bind: Params,
     ) -> tuple[str, list[str]]:
         """The FROM clause of the plan (CROSS JOIN fixes the join order) and the text
         condition, where it depends on the plan."""
-        geo = f'"{self.schema.geo.name}"' if self.schema.geo else ""
+        geo = f'"{self._geo_table(window)}"' if self.schema.geo else ""
         fts = self.schema.text.name if self.schema.text else ""
         match = bind(fts_match(words)) if words is not None else ""
         geo_join = f" CROSS JOIN {geo} AS g ON g.id = t.rid" if near is not None else ""

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from eventpost.problems import ValidationProblem, field_error
-from eventpost.timeutil import format_time, parse_time
+from eventpost.timeutil import format_time, parse_rfc3339, parse_time
 from eventpost.validation import LIMIT_DEFAULT, StrictModel, parse_limit
 
 TITLE_MAX = 200
@@ -44,31 +44,11 @@ SORTS = ("starts_at", "distance")
 
 _TOPIC = re.compile(rf"^[a-z0-9](?:[a-z0-9-]{{0,{TOPIC_MAX - 2}}}[a-z0-9])?$")
 # RFC 3339 date-time (section 5.6): a full date, "T" (or "t"/space), a full time, an offset.
-_RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})$"
-)
 # "+01:00" in an unencoded query string arrives as " 01:00" ("+" means space in a query).
 _SPACE_FOR_PLUS = re.compile(r" (\d{2}:\d{2})$")
 
 
 # -- values ---------------------------------------------------------------------------------
-
-
-def parse_rfc3339(value: str) -> datetime:
-    """An aware UTC datetime from an RFC 3339 date-time with an offset; ValueError otherwise."""
-    if not _RFC3339.match(value):
-        raise ValueError(
-            "must be an RFC 3339 date-time with an offset, e.g. 2026-12-01T20:00:00+01:00"
-        )
-    text = value.replace("t", "T").replace("z", "Z")
-    if text[10] == " ":
-        text = text[:10] + "T" + text[11:]
-    # Python accepts at most 6 fractional digits: drop the rest (sub-microsecond precision).
-    text = re.sub(r"(\.\d{6})\d+", r"\1", text)
-    try:
-        return parse_time(text)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a valid date-time") from None
 
 
 def canonical_time(value: str) -> str:

@@ -32,6 +32,7 @@ EVENTS = CollectionSpec(
     array_fields=("topics",),
     text_fields=("title", "description"),
     geo_field="place",
+    geo_time_field="starts_at",
 )
 #: One document (id ``events``) whose ``version`` the store bumps on every write to events:
 #: readers compare it to know whether what they cached is still current.

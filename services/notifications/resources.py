@@ -31,8 +31,8 @@ from pydantic import Field
 
 from eventpost.auth import Claims, authenticate
 from eventpost.problems import ValidationProblem, field_error
-from eventpost.storage import Collection, NotFound, VersionConflict
-from eventpost.timeutil import Clock, format_time, parse_time
+from eventpost.storage import Collection, InvalidCursor, NotFound, VersionConflict
+from eventpost.timeutil import Clock, format_time, parse_rfc3339
 from eventpost.validation import StrictModel, fields_set, parse_body, parse_limit
 from services.notifications import domain
 from services.notifications.clients import UnknownEvent, Upstreams
@@ -69,7 +69,7 @@ class PatchNotification(StrictModel):
 
 def _time(value: str, field: str) -> str:
     try:
-        return format_time(parse_time(value))
+        return format_time(parse_rfc3339(value))
     except ValueError:
         raise field_error(
             field, "must be an RFC 3339 time with an offset, e.g. 2026-12-01T20:00:00+01:00"
@@ -205,7 +205,7 @@ class NotificationsResource(_Base):
             page = list_owned(
                 self.coll, claims.sub, status=status, event_id=event_id, limit=limit, cursor=cursor
             )
-        except (ValueError, TypeError, KeyError):
+        except InvalidCursor:
             raise field_error("cursor", "not a cursor of this list") from None
         resp.media = {
             "items": [domain.public_view(d) for d in page.items],

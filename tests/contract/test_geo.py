@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from eventpost.storage import AnyOf, Near, Query, Range
+from eventpost.storage import AnyOf, CollectionSpec, Near, Query, Range
 from tests.contract.conftest import needs
 
 PARIS = (48.8566, 2.3522)
@@ -163,3 +163,147 @@ def test_near_needs_a_valid_point(places):
         places.find(Query(near=Near(91, 0, 10)))
     with pytest.raises(ValueError):
         places.find(Query(near=Near(0, 0, -1)))
+
+
+# -- near + a time range on a collection whose geo index has a time dimension ---------------
+
+GIGS = CollectionSpec(
+    name="gigs",
+    indexes=(("starts_at",),),
+    array_fields=("topics",),
+    geo_field="place",
+    geo_time_field="starts_at",
+)
+T0 = "2026-03-01T20:00:00.000000Z"
+T1 = "2026-03-02T20:00:00.000000Z"
+T2 = "2026-03-03T20:00:00.000000Z"
+
+
+@pytest.fixture
+def gigs(store):
+    needs(store, "geo")
+    coll = store.collection(GIGS)
+    rows = [
+        ("at-t0", PARIS, T0),
+        ("at-t1", offset(*PARIS, 1, 0), T1),
+        ("at-t1-later", offset(*PARIS, 2, 0), "2026-03-02T20:00:00.000001Z"),
+        ("at-t2", offset(*PARIS, 3, 0), T2),
+        ("far-t1", offset(*PARIS, 40, 0), T1),
+        ("null-time", offset(*PARIS, 1, 1), None),
+        ("short-time", offset(*PARIS, 1, 2), "2026-03-02"),
+        ("no-such-day", offset(*PARIS, 1, 3), "2026-02-30T20:00:00.000000Z"),
+    ]
+    for doc_id, (lat, lng), starts_at in rows:
+        coll.insert(
+            {
+                "id": doc_id,
+                "starts_at": starts_at,
+                "topics": ["jazz"],
+                "place": {"lat": lat, "lng": lng},
+            }
+        )
+    coll.insert({"id": "missing-time", "topics": ["jazz"], "place": {"lat": PARIS[0], "lng": 2.36}})
+    return coll
+
+
+def gig_ids(coll, starts_at: Range | None = None, radius_km: float = 10, **query) -> list[str]:
+    where = {"starts_at": starts_at} if starts_at is not None else {}
+    page = coll.find(Query(where=where, near=Near(*PARIS, radius_km), limit=50, **query))
+    return [doc["id"] for doc in page.items]
+
+
+def test_time_range_bounds_inclusive_and_exclusive(gigs):
+    by_start = (("starts_at", 1),)
+    assert gig_ids(gigs, Range(gte=T1, lte=T2), sort=by_start) == ["at-t1", "at-t1-later", "at-t2"]
+    assert gig_ids(gigs, Range(gt=T1, lt=T2), sort=by_start) == ["at-t1-later"]
+    assert gig_ids(gigs, Range(gte=T0, lt=T1), sort=by_start) == ["at-t0", "short-time"]
+    assert gig_ids(gigs, Range(gt=T0, lte=T1), sort=by_start) == ["short-time", "at-t1"]
+    assert gig_ids(gigs, Range(gte=T1, lte=T1), sort=by_start) == ["at-t1"]
+    assert gig_ids(gigs, Range(gt=T1, lt=T1)) == []
+    assert gig_ids(gigs, Range(gte=T2, lte=T0)) == []
+
+
+def test_time_range_with_one_bound_or_non_canonical_bounds(gigs):
+    by_start = (("starts_at", 1),)
+    assert gig_ids(gigs, Range(gte=T2), sort=by_start) == ["at-t2"]
+    assert gig_ids(gigs, Range(lt=T0), sort=by_start) == ["no-such-day"]
+    # 2026-02-30 is no day, but as a string it lies between these
+    late_february = Range(gte="2026-02-28T00:00:00.000000Z", lt="2026-03-01T00:00:00.000000Z")
+    assert gig_ids(gigs, late_february) == ["no-such-day"]
+    # bounds that are not canonical times still compare as strings
+    assert gig_ids(gigs, Range(gte="2026-03-02", lt="2026-03-03"), sort=by_start) == [
+        "short-time",
+        "at-t1",
+        "at-t1-later",
+    ]
+    assert gig_ids(
+        gigs, Range(gte="2026-03-02T20:00:00.000000Z", lt="2026-03-03"), sort=by_start
+    ) == [
+        "at-t1",
+        "at-t1-later",
+    ]
+
+
+def test_documents_without_a_time_are_found_without_a_time_range(gigs):
+    timed = ["at-t0", "at-t1", "at-t1-later", "at-t2", "short-time", "no-such-day"]
+    assert sorted(gig_ids(gigs)) == sorted([*timed, "null-time", "missing-time"])
+    assert (
+        gig_ids(gigs, Range(gte="0000", lte="9999"), sort=(("starts_at", 1),))[0] == "no-such-day"
+    )
+    found = gig_ids(gigs, Range(gte="0001-01-01T00:00:00.000000Z"))
+    assert "null-time" not in found and "missing-time" not in found
+
+
+def test_time_range_sorted_by_distance_and_paged(gigs):
+    query = Query(
+        where={"starts_at": Range(gte=T0, lte=T2)},
+        near=Near(*PARIS, 10),
+        sort=(("distance", 1),),
+        limit=2,
+    )
+    seen, cursor = [], None
+    while True:
+        page = gigs.find(Query(**{**query.__dict__, "cursor": cursor}))
+        assert len(page.items) <= 2
+        seen += [(doc["id"], doc["distance_km"]) for doc in page.items]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert [i for i, _ in seen] == ["at-t0", "at-t1", "at-t1-later", "short-time", "at-t2"]
+    assert [d for _, d in seen] == sorted(d for _, d in seen)
+
+
+def test_time_range_follows_updates(gigs):
+    gigs.update("at-t2", {"starts_at": T0})
+    gigs.update("null-time", {"starts_at": T0})
+    gigs.update("at-t0", {"starts_at": None})
+    assert gig_ids(gigs, Range(gte=T0, lte=T0), sort=(("starts_at", 1),)) == ["at-t2", "null-time"]
+    gigs.delete("at-t2")
+    assert gig_ids(gigs, Range(gte=T0, lte=T0)) == ["null-time"]
+
+
+def test_time_range_across_the_antimeridian(store):
+    needs(store, "geo")
+    coll = store.collection(GIGS)
+    for doc_id, lng, starts_at in [
+        ("east-in", 179.95, T1),
+        ("west-in", -179.95, T1),
+        ("west-early", -179.9, T0),
+        ("east-late", 179.9, T2),
+    ]:
+        coll.insert({"id": doc_id, "starts_at": starts_at, "place": {"lat": -17.0, "lng": lng}})
+    page = coll.find(
+        Query(
+            where={"starts_at": Range(gt=T0, lt=T2)},
+            near=Near(-17.0, 180.0, 20),
+            sort=(("starts_at", 1),),
+        )
+    )
+    assert sorted(doc["id"] for doc in page.items) == ["east-in", "west-in"]
+    page = coll.find(Query(where={"starts_at": Range(gte=T0)}, near=Near(-17.0, -180.0, 20)))
+    assert sorted(doc["id"] for doc in page.items) == [
+        "east-in",
+        "east-late",
+        "west-early",
+        "west-in",
+    ]

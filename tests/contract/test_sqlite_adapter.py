@@ -6,6 +6,8 @@ from __future__ import annotations
 import multiprocessing
 import random
 import re
+import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import pytest
 import eventpost.storage.sqlite as sqlite_adapter
 from eventpost.storage import AnyOf, CollectionSpec, DuplicateKey, Near, Query, Range
 from eventpost.storage._query import haversine_km
+from eventpost.storage._sqlite_schema import CollectionSchema
 from eventpost.storage.sqlite import SqliteStore
 from tests.contract.conftest import EVENTS
 
@@ -164,6 +167,8 @@ def _matches(doc: dict, query: Query) -> bool:
         if isinstance(cond, Range) and not (
             value is not None
             and (cond.gte is None or value >= cond.gte)
+            and (cond.gt is None or value > cond.gt)
+            and (cond.lte is None or value <= cond.lte)
             and (cond.lt is None or value < cond.lt)
         ):
             return False
@@ -246,3 +251,123 @@ def test_every_plan_pages_through_the_right_documents(tmp_path, monkeypatch, pla
         assert seen == _expected(docs, query), query
         checked += len(seen)
     assert checked > 100  # the queries found something
+
+
+# -- the same with a time dimension in the geo index ----------------------------------------
+
+TIMED_EVENTS = replace(EVENTS, geo_time_field="starts_at")
+
+
+def _canonical_time(rng: random.Random) -> str:
+    return (
+        f"2026-0{rng.randint(1, 3)}-{rng.randint(10, 28):02d}T{rng.randint(0, 23):02d}:"
+        f"{rng.choice(['00', '30'])}:00.{rng.choice(['000000', '000001', '999999'])}Z"
+    )
+
+
+def _timed_event(rng: random.Random, n: int) -> dict:
+    doc = _random_event(rng, n)
+    roll = rng.random()
+    if roll < 0.8:
+        doc["starts_at"] = _canonical_time(rng)
+    elif roll < 0.85:
+        doc["starts_at"] = None
+    elif roll < 0.9:
+        doc["starts_at"] = "2026-02-30T20:00:00.000000Z"  # no such day
+    # else: missing (10% of _random_event) or a short, non-canonical date
+    return doc
+
+
+def _timed_query(rng: random.Random, docs: list[dict]) -> Query:
+    query = _random_query(rng)
+    times = [d["starts_at"] for d in docs if isinstance(d.get("starts_at"), str)]
+    bounds = {}
+    for low, high in (("gte", "lte"), ("gt", "lt"), ("gte", "lt"), ("gt", "lte")):
+        if rng.random() < 0.4:
+            # often a time some document has, so that inclusive and exclusive bounds differ
+            first, last = sorted(rng.choice([*times, _canonical_time(rng)]) for _ in range(2))
+            bounds = {low: first, high: last} if rng.random() < 0.8 else {low: first}
+            break
+    else:
+        if rng.random() < 0.3:
+            bounds = {"gte": "2026-02", "lt": _canonical_time(rng)}  # one non-canonical bound
+    where = dict(query.where)
+    where.pop("starts_at", None)
+    if bounds:
+        where["starts_at"] = Range(**bounds)
+    return replace(query, where=where)
+
+
+@pytest.mark.parametrize("plan", list(PLANS))
+def test_every_plan_with_a_time_dimension_pages_through_the_right_documents(
+    tmp_path, monkeypatch, plan
+):
+    for name, value in PLANS[plan].items():
+        monkeypatch.setattr(sqlite_adapter, name, value)
+    rng = random.Random(20260301)
+    store = SqliteStore(tmp_path / "s.sqlite3")
+    events = store.collection(TIMED_EVENTS)
+    docs = [_timed_event(rng, n) for n in range(300)]
+    with store.transaction():
+        for doc in docs:
+            events.insert(doc)
+    checked = ranged = 0
+    for _ in range(60):
+        query = _timed_query(rng, docs)
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page = events.find(replace(query, cursor=cursor))
+            seen += [d["id"] for d in page.items]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert seen == _expected(docs, query), query
+        checked += len(seen)
+        ranged += bool(seen) and query.near is not None and "starts_at" in query.where
+    assert checked > 100 and ranged > 5  # the queries found something, near + range too
+
+
+def _geo_tables(path: Path) -> dict[str, str]:
+    """name -> CREATE statement of the geo R*Trees of ``events``."""
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE name IN ('events__geo', 'events__geot')"
+        ).fetchall()
+    finally:
+        conn.close()
+    return dict(rows)
+
+
+def test_a_file_with_a_flat_geo_index_gets_the_time_dimension(tmp_path):
+    path = tmp_path / "s.sqlite3"
+    rng = random.Random(5)
+    docs = [_timed_event(rng, n) for n in range(200)]
+    old = SqliteStore(path)
+    flat = old.collection(EVENTS)
+    with old.transaction():
+        for doc in docs:
+            flat.insert(doc)
+    old.close()
+    assert list(_geo_tables(path)) == ["events__geo"]
+    # the same spec again (as every existing file has it): nothing is rebuilt
+    spec_json = CollectionSchema(EVENTS).spec_json
+    assert "geo_time_field" not in spec_json
+    store = SqliteStore(path)
+    store.collection(EVENTS)
+    assert list(_geo_tables(path)) == ["events__geo"]
+    events = SqliteStore(path).collection(TIMED_EVENTS)
+    tables = _geo_tables(path)
+    assert "min_t" in tables["events__geot"] and "min_t" not in tables["events__geo"]
+    query = Query(
+        where={"starts_at": Range(gte="2026-02-01T00:00:00.000000Z", lt="2026-03-01")},
+        near=Near(*CENTERS[0], 30.0),
+        sort=(("starts_at", 1),),
+        limit=100,
+    )
+    found = [d["id"] for d in events.find(query).items]
+    assert found and found == _expected(docs, query)
+    # and back: a spec without the time field rebuilds the flat index
+    SqliteStore(path).collection(EVENTS)
+    assert list(_geo_tables(path)) == ["events__geo"]

@@ -312,3 +312,13 @@ def test_upstream_down_is_503(api, ann):  # noqa: F811
     resp = create(api, ann)
     assert resp.status_code == 503
     assert notifications(api.store).count({}) == 0
+
+
+@pytest.mark.parametrize(
+    "send_at",
+    ["20271201T200000+0100", "2027-W49-2T20:00:00+01:00", "2027-12-01T20:00+01:00", "2027-12-01"],
+)
+def test_times_that_are_not_rfc_3339_are_refused(api, ann, send_at):  # noqa: F811
+    resp = create(api, ann, send_at=send_at)
+    assert resp.status_code == 422, resp.text
+    assert resp.json["errors"][0]["field"] == "send_at"

@@ -20,6 +20,7 @@ from eventpost.storage._query import (
     haversine_km,
     normalize_sort,
     text_words,
+    time_seconds,
 )
 
 
@@ -184,3 +185,41 @@ def _destination(lat: float, lng: float, km: float, bearing: float) -> tuple[flo
     )
     lng2 = (math.degrees(lmb2) + 540) % 360 - 180
     return math.degrees(phi2), lng2
+
+
+def test_time_seconds_of_canonical_times_only():
+    assert time_seconds("1970-01-01T00:00:00.000000Z") == 0
+    assert time_seconds("2026-01-10T20:00:00.999999Z") == 1768075200
+    assert time_seconds("1969-12-31T23:59:59.500000Z") == -1
+    for value in (
+        "2026-02-30T20:00:00.000000Z",  # no such day
+        "2026-01-10T24:00:00.000000Z",
+        "2026-01-10T20:00:00Z",
+        "2026-01-10",
+        "2026-01-10T20:00:00.000000Z\n",
+        "2026-01-10T20:00:00.000000+00:00",
+        1768075200,
+        None,
+    ):
+        assert time_seconds(value) is None, value
+
+
+def test_canonical_times_sort_as_their_seconds():
+    rng = random.Random(4)
+    times = [
+        f"{rng.randint(1, 9999):04d}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}T"
+        f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}."
+        f"{rng.randint(0, 999999):06d}Z"
+        for _ in range(500)
+    ]
+    seconds = [time_seconds(t) for t in sorted(times)]
+    assert seconds == sorted(seconds)
+
+
+def test_geo_time_field_needs_a_geo_field():
+    with pytest.raises(ValueError):
+        check_spec(CollectionSpec(name="x", geo_time_field="starts_at"))
+    with pytest.raises(ValueError):
+        check_spec(CollectionSpec(name="x", geo_field="place", geo_time_field="a b"))
+    spec = CollectionSpec(name="x", geo_field="place", geo_time_field="starts_at")
+    assert check_spec(spec) is spec
