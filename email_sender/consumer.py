@@ -124,7 +124,13 @@ class EmailSender:
         return cls(
             mailer=SmtpMailer.from_settings(settings),
             store_factory=lambda: open_delivery_store(settings),
-            publisher_factory=lambda: Publisher(settings.amqp_url, exchange=exchange),
+            # Outcomes must reach notifications even before its worker first declared its
+            # queues, or the reminder would stay `sending`: declare every subscription.
+            publisher_factory=lambda: Publisher(
+                settings.amqp_url,
+                exchange=exchange,
+                subscriptions=contracts.SUBSCRIPTIONS if exchange == EXCHANGE else None,
+            ),
             mail_from=settings.mail_from,
             max_attempts=max_attempts or len(settings.retry_delays) + 1,
         )

@@ -126,6 +126,20 @@ class SmtpMailer:
         Raises :class:`TemporaryMailError` or :class:`PermanentMailError`."""
         try:
             conn = self._connection()
+        except smtplib.SMTPResponseException as exc:
+            # Refused while greeting, STARTTLS or login (a 535 for a wrong SMTP_PASSWORD, a
+            # 530 asking for STARTTLS): about the session, not this message, so it may pass
+            # once the configuration or the server is fixed. Retried, never failed for good.
+            self.close()
+            raise TemporaryMailError(
+                f"SMTP {self.host}:{self.port} refused the session: "
+                f"{exc.smtp_code} {_reply_text(exc.smtp_error)}",
+                exc.smtp_code,
+            ) from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            self.close()
+            raise TemporaryMailError(f"SMTP {self.host}:{self.port}: {exc!r}") from exc
+        try:
             refused = conn.send_message(msg, from_addr=sender)
         except smtplib.SMTPRecipientsRefused as exc:
             # Every recipient was refused; each has its own reply, take the first.

@@ -524,24 +524,30 @@ class SqliteCollection(Collection):
         smallest candidate set is small, or the sort cannot come from an index (distance),
         that generator leads and its candidates are sorted. Otherwise the table leads, walked
         in sort order, each row checked until the page is full; as that walk is slow when few
-        rows match, it gets a budget, and the smallest generator leads when it runs out."""
+        rows match, it gets a budget, and the smallest generator leads when it runs out.
+
+        The time window is left out of the count when the text is dense (as if the geo
+        index had no time dimension): every candidate would then cost a text check, and
+        walking the table in sort order fills the page after a few rows."""
         counts = {}
-        near = query.near
-        if near is not None:
-            bind = Params()
-            window = time_window(self.schema, query.where)
-            where = box_sql(near, bind, window=window)
-            box = f'SELECT 1 FROM "{self._geo_table(window)}" AS g WHERE {where}'
-            counts["geo"] = self._count_capped(box, bind, COUNT_CAP)
+        sortable = sort[0][0] != DISTANCE and self.schema.sortable(sort[0][0])
         if words is not None:
             bind = Params()
             fts = self.schema.text.name  # type: ignore[union-attr]
             match = f'SELECT 1 FROM "{fts}" WHERE "{fts}" MATCH {bind(fts_match(words))}'
             counts["text"] = self._count_capped(match, bind, COUNT_CAP)
+        near = query.near
+        if near is not None:
+            bind = Params()
+            window = time_window(self.schema, query.where)
+            if sortable and counts.get("text", 0) >= DENSE_TEXT:
+                window = None
+            where = box_sql(near, bind, window=window)
+            box = f'SELECT 1 FROM "{self._geo_table(window)}" AS g WHERE {where}'
+            counts["geo"] = self._count_capped(box, bind, COUNT_CAP)
         if not counts:
             return _Plan("table")
         leader = min(counts, key=counts.__getitem__)
-        sortable = sort[0][0] != DISTANCE and self.schema.sortable(sort[0][0])
         plan = _Plan(
             leader, text_matches=counts.get("text", 0), geo_candidates=counts.get("geo", 0)
         )
