@@ -38,6 +38,11 @@ class UnknownKey(InvalidToken):
     """The token names a key (``kid``) that is not in the key set."""
 
 
+class KeysUnavailable(Exception):
+    """No signing key is known (the JWKS could not be fetched): tokens cannot be checked, so
+    the answer is 503, not 401."""
+
+
 @dataclass(frozen=True)
 class Claims:
     """Who a verified access token speaks for."""
@@ -122,7 +127,8 @@ def fetch_jwks(url: str, timeout: float = 2.0) -> dict[str, Any]:
 
 
 class RemoteKeySet:
-    """A :class:`KeySet` kept from a JWKS URL: fetched on first use, refetched once when a
+    """A :class:`KeySet` kept from a JWKS URL: fetched on first use, again when it is older
+    than ``max_age_seconds`` (so a key dropped by rotation stops verifying) and once when a
     token names an unknown ``kid`` (at most every ``min_refetch_seconds``)."""
 
     def __init__(
@@ -130,6 +136,7 @@ class RemoteKeySet:
         jwks_url: Callable[[], str],
         *,
         min_refetch_seconds: float = 5.0,
+        max_age_seconds: float = 300.0,
         fetch: Callable[[str], Mapping[str, Any]] = fetch_jwks,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -138,24 +145,31 @@ class RemoteKeySet:
         self._fetch = fetch
         self._clock = clock
         self._min_refetch = min_refetch_seconds
-        self._fetched_at: float | None = None
+        self._max_age = max_age_seconds
+        self._tried_at: float | None = None
+        self._loaded_at: float | None = None
         self._lock = threading.Lock()
 
     def _refresh(self) -> None:
         with self._lock:
             now = self._clock()
-            if self._fetched_at is not None and now - self._fetched_at < self._min_refetch:
+            if self._tried_at is not None and now - self._tried_at < self._min_refetch:
                 return
-            self._fetched_at = now
+            self._tried_at = now
             try:
                 self.keys.update(self._fetch(self._url()))
             except Exception:
                 log.warning("could not fetch the JWKS", exc_info=True)
+            else:
+                self._loaded_at = now
 
     def verify(self, token: str) -> Claims:
-        """Verify, refetching the key set once if the token's key is unknown."""
-        if self._fetched_at is None:
+        """Verify, refetching the key set when it is stale or the token's key is unknown;
+        raises :class:`KeysUnavailable` while no key set was ever fetched."""
+        if self._loaded_at is None or self._clock() - self._loaded_at > self._max_age:
             self._refresh()
+        if self._loaded_at is None:
+            raise KeysUnavailable("the users service's JWKS could not be fetched")
         try:
             return self.keys.verify(token)
         except UnknownKey:
@@ -199,3 +213,9 @@ def authenticate(req: falcon.Request, verifier: KeySet | RemoteKeySet | Verifier
         return verifier.verify(token)
     except InvalidToken:
         raise unauthorized() from None
+    except KeysUnavailable:
+        raise falcon.HTTPServiceUnavailable(
+            title="Service Unavailable",
+            description="Access tokens cannot be checked right now.",
+            retry_after=5,
+        ) from None

@@ -21,13 +21,9 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from eventpost.auth import Claims, InvalidToken, KeySet, UnknownKey
+from eventpost.auth import Claims, InvalidToken, KeySet, KeysUnavailable, UnknownKey
 
 log = logging.getLogger("gateway.auth")
-
-
-class KeysUnavailable(Exception):
-    """No signing keys are known and the JWKS cannot be fetched now."""
 
 
 class EdgeVerifier:
