@@ -74,19 +74,27 @@ class Params:
 # -- filters ------------------------------------------------------------------------------
 
 
-def where_sql(schema: CollectionSchema, where: Mapping[str, Any], bind: Params) -> list[str]:
-    """One SQL condition per entry of ``where``."""
-    return [condition_sql(schema, path, cond, bind) for path, cond in where.items()]
+def where_sql(
+    schema: CollectionSchema, where: Mapping[str, Any], bind: Params, rid: str = "t.rid"
+) -> list[str]:
+    """One SQL condition per entry of ``where``.
+
+    ``rid`` is the expression of the row's rid that conditions on array fields (looked up
+    in the tags table) use: ``g.id`` when the R*Tree leads, so that they are tested before
+    the document is read."""
+    return [condition_sql(schema, path, cond, bind, rid) for path, cond in where.items()]
 
 
-def condition_sql(schema: CollectionSchema, path: str, cond: Any, bind: Params) -> str:
+def condition_sql(
+    schema: CollectionSchema, path: str, cond: Any, bind: Params, rid: str = "t.rid"
+) -> str:
     """The SQL condition of one filter entry (see :data:`eventpost.storage.port.Where`)."""
     expr = json_expr(path)
     if isinstance(cond, Range):
-        return _range_sql(schema, path, cond, bind)
+        return _range_sql(schema, path, cond, bind, rid)
     values = cond.values if isinstance(cond, AnyOf) else (cond,)
     present = [v for v in values if v is not None]
-    parts = [_values_sql(schema, path, present, bind)] if present else []
+    parts = [_values_sql(schema, path, present, bind, rid)] if present else []
     if len(present) < len(values):
         parts.append(f"{expr} IS NULL")
     if not parts:
@@ -94,11 +102,13 @@ def condition_sql(schema: CollectionSchema, path: str, cond: Any, bind: Params) 
     return parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
 
 
-def _values_sql(schema: CollectionSchema, path: str, values: list[Any], bind: Params) -> str:
+def _values_sql(
+    schema: CollectionSchema, path: str, values: list[Any], bind: Params, rid: str
+) -> str:
     """The field (or, for an array field, any element of it) is one of ``values``."""
     if path in schema.spec.array_fields:
         test = _in_sql("x.value", values, bind)
-        return _element_sql(schema, path, test)
+        return _element_sql(schema, path, test, rid)
     expr = json_expr(path)
     if len(values) == 1 and isinstance(values[0], bool) and path not in ("id", "version"):
         # JSON true/false come out of json_extract as 1/0: tell them from numbers
@@ -113,7 +123,7 @@ def _in_sql(expr: str, values: list[Any], bind: Params) -> str:
     return f"{expr} IN ({', '.join(bind(v) for v in values)})"
 
 
-def _range_sql(schema: CollectionSchema, path: str, cond: Range, bind: Params) -> str:
+def _range_sql(schema: CollectionSchema, path: str, cond: Range, bind: Params, rid: str) -> str:
     is_array = path in schema.spec.array_fields
     expr = "x.value" if is_array else json_expr(path)
     bounds = [
@@ -124,14 +134,14 @@ def _range_sql(schema: CollectionSchema, path: str, cond: Range, bind: Params) -
     if not bounds:
         return "1"  # no bound: everything
     test = " AND ".join(bounds)
-    return _element_sql(schema, path, test) if is_array else f"({test})"
+    return _element_sql(schema, path, test, rid) if is_array else f"({test})"
 
 
-def _element_sql(schema: CollectionSchema, path: str, test: str) -> str:
+def _element_sql(schema: CollectionSchema, path: str, test: str, rid: str) -> str:
     assert schema.tags is not None
     return (
         f'EXISTS (SELECT 1 FROM "{schema.tags.name}" AS x '
-        f"WHERE x.rid = t.rid AND x.field = '{path}' AND {test})"
+        f"WHERE x.rid = {rid} AND x.field = '{path}' AND {test})"
     )
 
 

@@ -5,6 +5,8 @@ when the collection has a geo field, a GeoJSON point ``_geo`` derived from it (s
 read). Indexes: unique ones with a ``$type`` partial filter (missing/null values are not
 constrained), the service's indexes (each ending with ``_id`` for keyset pagination), a text
 index (language ``none``: no stemming, no stop words) and a 2dsphere index on ``_geo``.
+:attr:`CollectionSpec.geo_time_field` is ignored here (it is an index hint of the SQLite
+adapter; the planner combines the 2dsphere index with the other conditions by itself).
 
 The client is created lazily, on first use, and again in a forked child process.
 

@@ -632,10 +632,12 @@ class SqliteCollection(Collection):
         exprs = sort_exprs(sort, distance)
         window = time_window(self.schema, query.where) if query.near else None
         source, access_conditions = self._access_path(query.near, window, words, plan, bind)
-        conditions = where_sql(self.schema, query.where, bind)
+        conditions = []
         if query.near is not None:
             conditions.append(box_sql(query.near, bind, window=window))
             conditions.append(f"{distance} <= {bind(query.near.radius_km)}")
+        rid = "g.id" if plan.leader == "geo" else "t.rid"
+        conditions += where_sql(self.schema, query.where, bind, rid)
         if after is not None:
             conditions.append(after_sql(exprs, sort, after, bind))
         conditions += access_conditions  # last: the costliest per row
