@@ -1,14 +1,18 @@
 """Where the services are: one module every caller resolves addresses through.
 
 Without ``CONSUL_HTTP_ADDR`` the addresses are static (127.0.0.1 and each service's port from
-the settings). With it, :mod:`eventpost.consul` (when present) looks up healthy instances.
+the settings). Consul (``CONSUL_HTTP_ADDR``) is not built yet: with it set, a warning is
+logged and the static addresses are used.
 """
 
 from __future__ import annotations
 
 import abc
+import logging
 
 from eventpost.settings import Settings
+
+log = logging.getLogger(__name__)
 
 SERVICES = ("users", "events", "notifications")
 
@@ -45,9 +49,9 @@ class StaticDiscovery(Discovery):
 def discovery_for(settings: Settings) -> Discovery:
     """The discovery the settings ask for."""
     if settings.consul_http_addr:
-        try:
-            from eventpost.consul import ConsulDiscovery
-        except ImportError:  # Consul support not built yet
-            return StaticDiscovery(settings)
-        return ConsulDiscovery(settings)
+        # Consul support is not built yet: say so rather than pretend to use it.
+        log.warning(
+            "CONSUL_HTTP_ADDR is set but Consul discovery is not built yet; "
+            "using static addresses on 127.0.0.1"
+        )
     return StaticDiscovery(settings)

@@ -195,20 +195,19 @@ class Suite:
             raise
 
     def _spawn(self, part: Part) -> None:
-        logfile = (self.log_dir / f"{part.name}.log").open("ab")
         env = dict(self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        part.process = subprocess.Popen(  # noqa: S603 - argv built above, no shell
-            part.argv,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=logfile,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the launcher, which stops the group
-        )
-        logfile.close()
+        with (self.log_dir / f"{part.name}.log").open("ab") as logfile:
+            part.process = subprocess.Popen(  # noqa: S603 - argv built above, no shell
+                part.argv,
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches the launcher, which stops the group
+            )
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

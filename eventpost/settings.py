@@ -50,14 +50,15 @@ class Settings:
 
     service: str = "eventpost"
     data_dir: Path = Path("var")
-    mongodb_url: str | None = None
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    mongodb_url: str | None = field(default=None, repr=False)
+    # May carry a password: kept out of repr() so settings can be logged.
+    amqp_url: str = field(default="amqp://guest:guest@127.0.0.1:5672/%2F", repr=False)
     gateway_port: int = DEFAULT_PORTS["gateway"]
     service_ports: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025
     smtp_user: str | None = None
-    smtp_password: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
     smtp_tls: str = "none"
     smtp_timeout: float = 10.0
     mail_from: str = "EventPost <no-reply@eventpost.local>"
