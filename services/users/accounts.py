@@ -249,14 +249,21 @@ class Accounts:
         if retry:
             raise Throttled(retry)
 
-    def _record_failure(self, keys: list[tuple[str, int]], now: datetime) -> None:
+    def _count_attempt(self, keys: list[tuple[str, int]], now: datetime) -> list[str]:
+        """Check the limits and count this attempt as a failure, in one transaction, so
+        parallel guesses cannot all pass the check before any of them is counted; a
+        successful login takes its own records back. Returns the records' ids."""
         at = format_time(now)
+        ids = []
         with self.store.transaction():
+            self._check_throttle(keys, now)
             for key, _limit in keys:
-                self.store.failures.insert({"id": self.new_id(), "key": key, "at": at})
+                ids.append(self.new_id())
+                self.store.failures.insert({"id": ids[-1], "key": key, "at": at})
             self.store.failures.delete_many(
                 {"at": Range(lt=format_time(now - self.throttle.window))}
             )
+        return ids
 
     def login(self, identifier: str, password: str, client: str) -> TokenPair:
         """A new token pair for the account named ``identifier`` (username or primary email).
@@ -270,13 +277,15 @@ class Accounts:
             (account_key, self.throttle.per_account),
             (domain.address_throttle_key(client), self.throttle.per_address),
         ]
-        self._check_throttle(keys, now)
+        attempt = self._count_attempt(keys, now)
         stored_hash = user["password_hash"] if user else None
         if not self.passwords.verify(stored_hash, password) or user is None:
-            self._record_failure(keys, now)
             log.info("login failed", extra={"client": client})
             raise BadCredentials("The username or password is wrong.")
-        self.store.failures.delete_many({"key": account_key})
+        with self.store.transaction():
+            self.store.failures.delete_many({"key": account_key})
+            for record_id in attempt:
+                self.store.failures.delete(record_id)
         if self.passwords.needs_rehash(user["password_hash"]):
             self._rehash(user, password)
         log.info("login", extra={"user_id": user["id"]})

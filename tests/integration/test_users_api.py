@@ -8,7 +8,9 @@ so access tokens, whose expiry PyJWT checks against the real clock, stay valid).
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -348,6 +350,23 @@ def test_failed_logins_are_throttled_per_account(svc):
         svc.login("alice", "wrong password")
     assert svc.login("alice").status_code == 200
     assert svc.login("alice", "wrong password").status_code == 401
+
+
+class SlowPasswords(Passwords):
+    """Verifying takes 0.2 s, so parallel guesses overlap the way real argon2 makes them."""
+
+    def verify(self, stored_hash, password):
+        time.sleep(0.2)
+        return super().verify(stored_hash, password)
+
+
+def test_parallel_guesses_cannot_all_pass_the_throttle(tmp_path):
+    svc = make_service(tmp_path, passwords=SlowPasswords(CHEAP))
+    svc.sign_up("alice")
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        codes = list(pool.map(lambda _: svc.login("alice", "wrong").status_code, range(12)))
+    assert sorted(set(codes)) == [401, 429]
+    assert codes.count(401) == 5
 
 
 def test_unknown_accounts_are_throttled_just_the_same(svc):
