@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 
@@ -20,6 +21,15 @@ _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys()) |
     "asctime",
     "taskName",
 }
+
+
+_EMAIL_SEGMENT = re.compile(r"[^/]*(?:@|%40)[^/]*", re.IGNORECASE)
+
+
+def loggable_path(path: str) -> str:
+    """A request path fit for logs: segments holding an email address (as in
+    ``/v1/users/me/emails/{email}``) are masked, so logs carry no personal addresses."""
+    return _EMAIL_SEGMENT.sub("***", path)
 
 
 class JsonFormatter(logging.Formatter):

@@ -24,7 +24,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from eventpost.logs import request_id_var
+from eventpost.logs import loggable_path, request_id_var
 from eventpost.problems import PROBLEM_JSON, problem_body, problem_from_http_error
 from eventpost.settings import Settings
 
@@ -104,12 +104,12 @@ class MetricsMiddleware:
             log.info(
                 "%s %s %s",
                 req.method,
-                req.path,
+                loggable_path(req.path),
                 status,
                 extra={
                     "request_id": getattr(req.context, "request_id", None),
                     "method": req.method,
-                    "path": req.path,
+                    "path": loggable_path(req.path),
                     "status": resp.status_code,
                     "duration_ms": round(elapsed * 1000, 2),
                 },
@@ -126,7 +126,7 @@ def _serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTT
 def _handle_unexpected(
     req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict
 ) -> None:
-    log.exception("unhandled error in %s %s", req.method, req.path)
+    log.exception("unhandled error in %s %s", req.method, loggable_path(req.path))
     resp.status = falcon.HTTP_500
     resp.content_type = PROBLEM_JSON
     resp.text = dumps(

@@ -31,7 +31,7 @@ from prometheus_client import (
 
 from eventpost.auth import InvalidToken, unauthorized
 from eventpost.discovery import SERVICES, Discovery, discovery_for
-from eventpost.logs import request_id_var
+from eventpost.logs import loggable_path, request_id_var
 from eventpost.problems import PROBLEM_JSON, problem_body, problem_from_http_error
 from eventpost.settings import Settings
 from eventpost.web import REQUEST_ID_HEADER, dumps, sane_request_id
@@ -160,12 +160,12 @@ class EdgeMiddleware:
             logging.DEBUG if req.path in OPS_PATHS else logging.INFO,
             "%s %s %s",
             req.method,
-            req.path,
+            loggable_path(req.path),
             status,
             extra={
                 "request_id": ctx.get("request_id"),
                 "method": req.method,
-                "path": req.path,
+                "path": loggable_path(req.path),
                 "status": status,
                 "upstream": ctx.get("upstream"),
                 "duration_ms": round(elapsed * 1000, 2),

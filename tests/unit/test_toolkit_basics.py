@@ -92,3 +92,11 @@ def test_times_are_fixed_width_utc_and_sort_as_times():
         parse_time("2026-12-01T20:00:00")
     with pytest.raises(ValueError):
         format_time(datetime(2026, 1, 1))
+
+
+def test_logged_paths_carry_no_email_addresses():
+    from eventpost.logs import loggable_path
+
+    assert loggable_path("/v1/users/me/emails/ann@example.com") == "/v1/users/me/emails/***"
+    assert loggable_path("/v1/users/me/emails/ann%40example.com") == "/v1/users/me/emails/***"
+    assert loggable_path("/v1/events/abc.ics") == "/v1/events/abc.ics"
