@@ -2,7 +2,7 @@
 
 A collection ``name`` is a table ``name(rid INTEGER PRIMARY KEY, id TEXT UNIQUE, version,
 doc JSON)`` with expression indexes on ``json_extract(doc, ...)`` (each ending with ``id`` so
-that it serves keyset pagination) and up to three side tables that triggers keep in sync
+that it serves keyset pagination) and up to four side tables that triggers keep in sync
 inside the writing transaction, whoever writes:
 
 - ``name__tags(field, value, rid)``: one row per element of each array field (any-of filters);
