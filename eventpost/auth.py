@@ -86,10 +86,6 @@ class KeySet:
         with self._lock:
             self._keys = keys
 
-    @property
-    def kids(self) -> set[str]:
-        return set(self._keys)
-
     def verify(self, token: str) -> Claims:
         """The claims of a valid token; raises :class:`InvalidToken` / :class:`UnknownKey`."""
         try:

@@ -12,14 +12,13 @@ from eventpost.messaging.topology import EXCHANGE, declare_consumer_topology
 
 if TYPE_CHECKING:
     from eventpost.messaging.relay import OutboxRelay
-    from eventpost.messaging.worker import Worker, run_consumers
+    from eventpost.messaging.worker import Worker
 
 # Imported on first use, so that `python -m eventpost.messaging.relay` does not find its own
 # module already imported by this package.
 _LAZY = {
     "OutboxRelay": "eventpost.messaging.relay",
     "Worker": "eventpost.messaging.worker",
-    "run_consumers": "eventpost.messaging.worker",
 }
 
 
@@ -44,5 +43,4 @@ __all__ = [
     "Worker",
     "attempt_var",
     "declare_consumer_topology",
-    "run_consumers",
 ]

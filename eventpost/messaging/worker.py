@@ -4,9 +4,9 @@ A worker process (the email-sender, a service's background part) builds its cons
 relays, hands them to a :class:`Worker` and calls :meth:`Worker.run` from the main thread::
 
     worker = Worker("email-sender")
-    worker.add_consumer(Consumer(settings.amqp_url, "email-sender.email.send", ["email.send"],
+    worker.add_consumer(Consumer(settings.amqp_url, "email-sender.jobs", ["email.send"],
                                  handle_job, retry_delays=settings.retry_delays))
-    worker.add_relay(OutboxRelay(store, Publisher(settings.amqp_url)))
+    worker.add_loop("relay", relay_loop)  # opens its store and publisher in its own thread
     raise SystemExit(worker.run())
 
 Each part runs in a thread of its own. SIGTERM or SIGINT (or :meth:`Worker.stop`) stops every
@@ -21,14 +21,13 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from eventpost.messaging.consumer import Consumer
-    from eventpost.messaging.relay import OutboxRelay
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +67,6 @@ class Worker:
     def add_consumer(self, consumer: Consumer, name: str | None = None) -> None:
         """Run ``consumer`` (stopped with :meth:`Consumer.stop`)."""
         self._parts.append(_Part(name or f"consumer:{consumer.queue}", consumer.run, consumer.stop))
-
-    def add_relay(self, relay: OutboxRelay, name: str = "relay") -> None:
-        """Run ``relay`` (its :meth:`OutboxRelay.run` loop)."""
-        self.add_loop(name, relay.run)
 
     def add_loop(self, name: str, loop: Loop) -> None:
         """Run ``loop(stop_event)``, which must return soon after the event is set (e.g. a
@@ -142,20 +137,3 @@ class Worker:
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, on_signal)
         return previous
-
-
-def run_consumers(
-    consumers: Iterable[Consumer],
-    relays: Iterable[OutboxRelay] = (),
-    *,
-    name: str = "worker",
-    handle_signals: bool = True,
-) -> int:
-    """Run ``consumers`` and ``relays`` in one :class:`Worker` until SIGTERM/SIGINT; returns
-    the process exit code."""
-    worker = Worker(name)
-    for consumer in consumers:
-        worker.add_consumer(consumer)
-    for index, relay in enumerate(relays):
-        worker.add_relay(relay, name=f"relay-{index}")
-    return worker.run(handle_signals=handle_signals)
