@@ -7,7 +7,7 @@ Documents are described in :mod:`services.notifications.domain`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from eventpost.storage import Collection, CollectionSpec, Page, Query, Range, Store
@@ -75,8 +75,3 @@ def claim_due(coll: Collection, *, now: str, owner: str, lease_until: str) -> di
         {"lease_owner": owner, "lease_until": lease_until},
         sort=(("send_at", 1),),
     )
-
-
-def ids_of(docs: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The ids of some documents."""
-    return [d["id"] for d in docs]
