@@ -38,7 +38,7 @@ class Part:
 
     name: str
     argv: list[str]
-    module: str  # checked importable before starting: a part not built yet is skipped
+    module: str  # checked importable before anything starts, for a plain error
     port: int | None = None  # HTTP parts answer /ready on it
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -172,10 +172,11 @@ class Suite:
         (after stopping what started) when one cannot start."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         (self.settings.data_dir / "mail").mkdir(parents=True, exist_ok=True)
-        missing = [p for p in self.parts if not module_exists(p.module)]
-        for part in missing:
-            self.say(f"  {part.name}: not built yet ({part.module} is missing), skipped")
-        self.parts = [p for p in self.parts if p not in missing]
+        missing = [f"{p.name} ({p.module})" for p in self.parts if not module_exists(p.module)]
+        if missing:
+            raise SuiteError(
+                "cannot import " + ", ".join(missing) + ": run `invoke install --force`"
+            )
         taken = [p for p in self.parts if p.port and port_in_use(p.port)]
         sink = any(p.name == "smtp-sink" for p in self.parts)
         if sink and port_in_use(self.settings.smtp_port):
