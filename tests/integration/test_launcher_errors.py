@@ -6,18 +6,12 @@ import socket
 
 import pytest
 
-from eventpost.launcher import Suite, SuiteError, free_port
+from eventpost.launcher import Suite, SuiteError
+from tests.e2e._suite import suite_env
 
 
 def _env(tmp_path) -> dict[str, str]:
-    return {
-        "DATA_DIR": str(tmp_path),
-        "GATEWAY_PORT": str(free_port()),
-        "USERS_PORT": str(free_port()),
-        "EVENTS_PORT": str(free_port()),
-        "NOTIFICATIONS_PORT": str(free_port()),
-        "SMTP_PORT": str(free_port()),
-    }
+    return suite_env(tmp_path, "amqp://guest:guest@127.0.0.1:5672/%2F")
 
 
 def test_a_part_that_cannot_be_imported_is_named(tmp_path):
