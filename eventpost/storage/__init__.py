@@ -1,5 +1,6 @@
 """The storage port and its adapters. Services import only from here."""
 
+from eventpost.storage.lazy import LazyCollection
 from eventpost.storage.port import (
     AnyOf,
     Collection,
@@ -24,6 +25,7 @@ __all__ = [
     "CollectionSpec",
     "DuplicateKey",
     "InvalidCursor",
+    "LazyCollection",
     "Near",
     "NotFound",
     "OutboxEvent",

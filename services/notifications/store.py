@@ -10,7 +10,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from eventpost.storage import Collection, CollectionSpec, Page, Query, Range, Store
+from eventpost.storage import (
+    Collection,
+    CollectionSpec,
+    LazyCollection,
+    Page,
+    Query,
+    Range,
+    Store,
+)
 
 NOTIFICATIONS = CollectionSpec(
     name="notifications",
@@ -22,7 +30,7 @@ _SCAN_PAGE = 100
 
 def notifications(store: Store) -> Collection:
     """The ``notifications`` collection (indexes created if missing)."""
-    return store.collection(NOTIFICATIONS)
+    return LazyCollection(store, NOTIFICATIONS)
 
 
 def get_owned(coll: Collection, reminder_id: str, owner: str) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from eventpost.storage import Collection, CollectionSpec, Query, Range, Store
+from eventpost.storage import Collection, CollectionSpec, LazyCollection, Query, Range, Store
 
 USERS = CollectionSpec("users", unique=(("username",), ("email",)))
 EMAIL_CLAIMS = CollectionSpec("email_claims", indexes=(("user_id",),))
@@ -29,10 +29,10 @@ class UsersStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.users: Collection = store.collection(USERS)
-        self.claims: Collection = store.collection(EMAIL_CLAIMS)
-        self.refresh_tokens: Collection = store.collection(REFRESH_TOKENS)
-        self.failures: Collection = store.collection(LOGIN_FAILURES)
+        self.users: Collection = LazyCollection(store, USERS)
+        self.claims: Collection = LazyCollection(store, EMAIL_CLAIMS)
+        self.refresh_tokens: Collection = LazyCollection(store, REFRESH_TOKENS)
+        self.failures: Collection = LazyCollection(store, LOGIN_FAILURES)
 
     def transaction(self):
         """One atomic unit over several collections."""
