@@ -25,7 +25,7 @@ from eventpost.contracts import SUBSCRIPTIONS
 from eventpost.logs import configure_logging
 from eventpost.messaging import EXCHANGE, Consumer, Envelope, OutboxRelay, Worker
 from eventpost.settings import Settings
-from eventpost.storage import open_store
+from eventpost.storage import Store, open_store
 from services.notifications.consumers import QUEUES, NotificationHandlers
 from services.notifications.dispatcher import JobPublisher
 
@@ -39,36 +39,22 @@ def _on_exhausted(envelope: Envelope, error: BaseException) -> None:
     )
 
 
-class _StoreBoundHandler:
-    """Opens the store lazily in the thread that handles messages (a consumer calls its
-    handler from one thread only), so thread-bound connections stay in their thread."""
-
-    def __init__(self, settings: Settings, queue: str) -> None:
-        self.settings = settings
-        self.queue = queue
-        self._handlers: NotificationHandlers | None = None
-        self._lock = threading.Lock()
-
-    def __call__(self, envelope: Envelope) -> None:
-        with self._lock:
-            if self._handlers is None:
-                self._handlers = NotificationHandlers(open_store(self.settings, "notifications"))
-        self._handlers.handler_for(self.queue)(envelope)
-
-
 def build_worker(
     settings: Settings,
+    store: Store,
     *,
     exchange: str = EXCHANGE,
     queue_prefix: str = "notifications",
     relay_lease: float = 10.0,
 ) -> Worker:
-    """The worker with its relay and consumers (tests pass their own exchange and prefix)."""
+    """The worker with its relay and consumers over ``store`` (tests pass their own exchange
+    and prefix). One store serves every thread: the SQLite adapter keeps a connection per
+    thread and MongoDB's client is thread-safe, so the process holds one MongoClient."""
     worker = Worker("notifications-worker")
     name = f"notifications-worker@{socket.gethostname()}:{os.getpid()}"
+    handlers = NotificationHandlers(store)
 
     def relay_loop(stop: threading.Event) -> None:
-        store = open_store(settings, "notifications")
         publisher = JobPublisher(
             settings.amqp_url,
             exchange=exchange,
@@ -79,7 +65,6 @@ def build_worker(
             OutboxRelay(store, publisher, lease_seconds=relay_lease).run(stop)
         finally:
             publisher.close()
-            store.close()
 
     worker.add_loop("relay", relay_loop)
     for queue, bindings in QUEUES.items():
@@ -88,7 +73,7 @@ def build_worker(
                 settings.amqp_url,
                 f"{queue_prefix}.{queue}",
                 bindings,
-                _StoreBoundHandler(settings, queue),
+                handlers.handler_for(queue),
                 retry_delays=settings.retry_delays,
                 prefetch=20,
                 on_exhausted=_on_exhausted,
@@ -107,13 +92,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings.from_env("notifications")
     configure_logging("notifications-worker", settings.log_level)
-    worker = build_worker(
-        settings,
-        exchange=args.exchange,
-        queue_prefix=args.queue_prefix,
-        relay_lease=args.relay_lease,
-    )
-    return worker.run()
+    store = open_store(settings, "notifications")
+    try:
+        worker = build_worker(
+            settings,
+            store,
+            exchange=args.exchange,
+            queue_prefix=args.queue_prefix,
+            relay_lease=args.relay_lease,
+        )
+        return worker.run()
+    finally:
+        store.close()
 
 
 if __name__ == "__main__":

@@ -58,7 +58,9 @@ def test_worker_follows_cancels_and_forgets(broker: Broker, tmp_path: Path):
     broker.queues.extend(
         f"{prefix}.{q}" for q in ("email-outcomes", "event-changes", "user-deleted")
     )
-    worker = build_worker(settings, exchange=broker.exchange, queue_prefix=prefix, relay_lease=2)
+    worker = build_worker(
+        settings, store, exchange=broker.exchange, queue_prefix=prefix, relay_lease=2
+    )
     thread = threading.Thread(target=lambda: worker.run(handle_signals=False), daemon=True)
     thread.start()
     publisher = Publisher(broker.url, exchange=broker.exchange)
