@@ -333,25 +333,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     owner = new_owner()
 
     relay = WakeableRelay()
+    # One store for both loops: the SQLite adapter keeps a connection per thread and
+    # MongoDB's client is thread-safe. Publishers (pika) stay in their own thread.
+    store = open_store(settings, "notifications")
 
     def dispatch_loop(stop: threading.Event) -> None:
-        # Each loop opens its own store (and publisher): sqlite3 and pika are thread-bound.
-        store = open_store(settings, "notifications")
-        try:
-            ReminderDispatcher(
-                store,
-                owner=owner,
-                lease_seconds=args.lease,
-                batch=args.batch,
-                interval=settings.dispatch_interval,
-                on_handed_over=relay.wake,
-                pause_after_claim=args.pause_after_claim,
-            ).run(stop)
-        finally:
-            store.close()
+        ReminderDispatcher(
+            store,
+            owner=owner,
+            lease_seconds=args.lease,
+            batch=args.batch,
+            interval=settings.dispatch_interval,
+            on_handed_over=relay.wake,
+            pause_after_claim=args.pause_after_claim,
+        ).run(stop)
 
     def relay_loop(stop: threading.Event) -> None:
-        store = open_store(settings, "notifications")
         publisher = JobPublisher(
             settings.amqp_url,
             exchange=args.exchange,
@@ -367,12 +364,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         finally:
             publisher.close()
-            store.close()
 
     worker = Worker("dispatcher")
     worker.add_loop("dispatcher", dispatch_loop)
     worker.add_loop("relay", relay_loop)
-    return worker.run()
+    try:
+        return worker.run()
+    finally:
+        store.close()
 
 
 if __name__ == "__main__":
