@@ -192,6 +192,15 @@ def unauthorized(
     )
 
 
+def keys_unavailable() -> falcon.HTTPServiceUnavailable:
+    """The 503 for a token that cannot be checked because no signing key is known yet."""
+    return falcon.HTTPServiceUnavailable(
+        title="Service Unavailable",
+        description="Access tokens cannot be checked right now.",
+        retry_after=5,
+    )
+
+
 def bearer_token(req: falcon.Request) -> str:
     """The token of an ``Authorization: Bearer`` header, or 401."""
     header = req.get_header("Authorization") or ""
@@ -210,8 +219,4 @@ def authenticate(req: falcon.Request, verifier: KeySet | RemoteKeySet | Verifier
     except InvalidToken:
         raise unauthorized() from None
     except KeysUnavailable:
-        raise falcon.HTTPServiceUnavailable(
-            title="Service Unavailable",
-            description="Access tokens cannot be checked right now.",
-            retry_after=5,
-        ) from None
+        raise keys_unavailable() from None

@@ -29,7 +29,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from eventpost.auth import InvalidToken, unauthorized
+from eventpost.auth import InvalidToken, keys_unavailable, unauthorized
 from eventpost.discovery import SERVICES, Discovery, discovery_for
 from eventpost.logs import loggable_path, request_id_var
 from eventpost.problems import PROBLEM_JSON, problem_body, problem_from_http_error
@@ -308,11 +308,7 @@ class Proxy:
         try:
             claims = await self.verifier.verify(token)
         except KeysUnavailable:
-            raise falcon.HTTPServiceUnavailable(
-                title="Service Unavailable",
-                description="Access tokens cannot be checked right now.",
-                retry_after=5,
-            ) from None
+            raise keys_unavailable() from None
         except InvalidToken:
             raise unauthorized() from None
         req.context.subject = claims.sub
