@@ -7,8 +7,7 @@
 - :mod:`email_sender.dedupe`: the delivery log that keeps a redelivered job from being sent
   twice.
 - :mod:`email_sender.consumer`: the RabbitMQ side (consume, retry, report outcomes).
-- :mod:`email_sender.sink`: the dev SMTP server that keeps every message as a file, and
-  :class:`~email_sender.sink.Mailbox` to read them.
 
-Run it with ``python -m email_sender``; the dev sink with ``python -m email_sender.sink``.
+Run it with ``python -m email_sender``. The dev SMTP sink that ``invoke run`` starts is
+:mod:`devtools.smtp_sink` (not part of this deployable).
 """

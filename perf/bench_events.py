@@ -44,10 +44,10 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 
+from devtools.populate import load_direct  # noqa: E402
+from devtools.samples import CITIES, TOPICS, sample_events  # noqa: E402
 from eventpost.settings import Settings  # noqa: E402
 from eventpost.storage import open_store  # noqa: E402
-from services.events.populate import load_direct  # noqa: E402
-from services.events.samples import CITIES, TOPICS, sample_events  # noqa: E402
 from services.events.store import EventRepository  # noqa: E402
 
 START = datetime(2026, 1, 5, tzinfo=UTC)

@@ -48,8 +48,8 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 
+from devtools.http_doubles import TokenMint  # noqa: E402
 from eventpost.auth import KeySet  # noqa: E402
-from gateway.testing import TokenMint  # noqa: E402
 
 JWKS_ENV = "BENCH_JWKS_FILE"
 

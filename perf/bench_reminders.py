@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 import pika  # noqa: E402
 import pika.exceptions  # noqa: E402
 
-from email_sender.sink import FileSinkHandler, SmtpSink  # noqa: E402
+from devtools.smtp_sink import FileSinkHandler, SmtpSink  # noqa: E402
 from eventpost.messaging.topology import retry_queue_name  # noqa: E402
 from eventpost.settings import Settings  # noqa: E402
 from eventpost.storage.sqlite import SqliteStore  # noqa: E402

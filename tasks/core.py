@@ -133,7 +133,7 @@ def run(c):
     sys.stdout.flush()
     # Become the launcher, so SIGTERM sent to this process reaches it directly.
     os.chdir(ROOT)
-    os.execv(str(VENV_PY), [str(VENV_PY), "-m", "eventpost.launcher"])
+    os.execv(str(VENV_PY), [str(VENV_PY), "-m", "devtools.launcher"])
 
 
 @task(help={"args": "extra pytest arguments, e.g. '-k users -x'"})

@@ -40,7 +40,7 @@ def populate(
     suite through the gateway (as an admin), or directly into the store (--direct)."""
     ensure_installed(c)
     cmd = [
-        str(VENV_PY), "-m", "services.events.populate",
+        str(VENV_PY), "-m", "devtools.populate",
         "--count", str(int(count)), "--seed", str(int(seed)), "--days", str(int(days)),
     ]  # fmt: skip
     stdin = False

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from eventpost.launcher import ROOT, Suite, free_port
+from devtools.launcher import ROOT, Suite, free_port
 
 
 @dataclass
@@ -33,8 +33,8 @@ class RunningSuite:
 
     @property
     def mailbox(self) -> Any:
-        """The SMTP sink's stored messages (email_sender.sink.Mailbox)."""
-        from email_sender.sink import Mailbox
+        """The SMTP sink's stored messages (devtools.smtp_sink.Mailbox)."""
+        from devtools.smtp_sink import Mailbox
 
         return Mailbox(self.data_dir / "mail")
 

@@ -17,8 +17,8 @@ import httpx
 import icalendar
 import pytest
 
+from devtools.samples import sample_events
 from services.events.domain import haversine_km
-from services.events.samples import sample_events
 
 PARIS = (48.8566, 2.3522)
 VERSAILLES = (48.8049, 2.1204)
@@ -238,7 +238,7 @@ def test_moved_and_deleted_events_reach_reminders(suite, admin, member):
 def test_populate_through_the_gateway(suite):
     suite.admin_token()  # makes sure the admin exists
     result = subprocess.run(
-        [sys.executable, "-m", "services.events.populate", "--count", "5", "--seed", "99",
+        [sys.executable, "-m", "devtools.populate", "--count", "5", "--seed", "99",
          "--url", suite.url, "--username", "e2e_admin", "--password-stdin"],
         input="admin password 1\n", text=True, capture_output=True, env=suite.env,
         cwd=Path(__file__).resolve().parents[2], timeout=60,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from eventpost.launcher import ROOT
+from devtools.launcher import ROOT
 from tests.e2e._suite import isolated_vhost, suite_env
 
 
@@ -57,7 +57,7 @@ def test_launcher_starts_everything_and_stops_everything(tmp_path, sig):
 def _start_and_stop(env: dict[str, str], tmp_path: Path, sig: signal.Signals) -> None:
     gateway_port = int(env["GATEWAY_PORT"])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "eventpost.launcher"],
+        [sys.executable, "-m", "devtools.launcher"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from devtools.smtp_sink import Mailbox, SmtpSink
 from email_sender.handlers import IDEMPOTENCY_HEADER
-from email_sender.sink import Mailbox, SmtpSink
 from eventpost.storage.sqlite import SqliteStore
 from eventpost.timeutil import utcnow
 from services.notifications.store import notifications

@@ -1,5 +1,5 @@
 """The dev SMTP sink and its Mailbox reader: files written atomically, read back, waited
-for; ``python -m email_sender.sink`` as a process that stops cleanly on SIGTERM."""
+for; ``python -m devtools.smtp_sink`` as a process that stops cleanly on SIGTERM."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from devtools.launcher import free_port
+from devtools.smtp_sink import Mailbox, SmtpSink, store_message
 from email_sender.handlers import Job, build_email
 from email_sender.mailer import SmtpMailer
-from email_sender.sink import Mailbox, SmtpSink, store_message
-from eventpost.launcher import free_port
 from tests.integration.test_email_support import MAIL_FROM
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,7 +84,7 @@ def test_sink_process_stores_mail_and_stops_on_sigterm(tmp_path):
     port = free_port()
     env = {**os.environ, "DATA_DIR": str(tmp_path), "SMTP_PORT": str(port)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "email_sender.sink"],
+        [sys.executable, "-m", "devtools.smtp_sink"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

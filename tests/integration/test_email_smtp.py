@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from devtools.smtp_sink import SmtpSink
 from email_sender.handlers import Job, build_email
 from email_sender.mailer import PermanentMailError, SmtpMailer, TemporaryMailError
-from email_sender.sink import SmtpSink
 from tests.integration.test_email_support import (
     MAIL_FROM,
     ScriptedHandler,

@@ -15,7 +15,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from gateway.testing import (
+from devtools.http_doubles import (
     FakeServices,
     ManualClock,
     TokenMint,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.testing import FakeServices, call, closed_port
+from devtools.http_doubles import FakeServices, call, closed_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

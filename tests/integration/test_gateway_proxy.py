@@ -9,8 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from eventpost.discovery import Discovery
-from gateway.testing import (
+from devtools.http_doubles import (
     AiohttpThread,
     FakeServices,
     FakeUpstream,
@@ -19,6 +18,7 @@ from gateway.testing import (
     closed_port,
     running_gateway,
 )
+from eventpost.discovery import Discovery
 from gateway.upstreams import UpstreamPolicy
 
 

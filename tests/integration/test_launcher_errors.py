@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from eventpost.launcher import Suite, SuiteError
+from devtools.launcher import Suite, SuiteError
 from tests.e2e._suite import suite_env
 
 

@@ -11,13 +11,13 @@ import falcon.testing
 import jwt
 import pytest
 
+from devtools.http_doubles import ManualClock, TokenMint
 from eventpost.auth import InvalidToken, UnknownKey
 from eventpost.settings import Settings
 from gateway.app import create_app
 from gateway.auth import EdgeVerifier, KeysUnavailable
 from gateway.ratelimit import RateLimiter
 from gateway.routes import Route, requires_user, resolve
-from gateway.testing import ManualClock, TokenMint
 from gateway.upstreams import BreakerState, CircuitBreaker
 
 # --- routing table -----------------------------------------------------------------------

@@ -7,8 +7,8 @@ Directly (``--direct``): the events go straight into the events store the servic
 (``DATA_DIR``/``MONGODB_URL``), validated by the same rules, in bulk transactions; with an
 ``event.created`` outbox message each unless ``--no-outbox``.
 
-    python -m services.events.populate --count 500 --username admin --password-stdin
-    python -m services.events.populate --count 100000 --direct --no-outbox
+    python -m devtools.populate --count 500 --username admin --password-stdin
+    python -m devtools.populate --count 100000 --direct --no-outbox
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from devtools.samples import sample_events
 from eventpost.contracts import EVENT_CREATED
 from eventpost.logs import configure_logging
 from eventpost.messaging.envelope import Envelope
@@ -33,10 +34,9 @@ from eventpost.storage import open_store
 from eventpost.timeutil import utcnow
 from eventpost.validation import parse_model
 from services.events.domain import EventIn, new_event, to_public
-from services.events.samples import sample_events
 from services.events.store import EventRepository
 
-log = logging.getLogger("services.events.populate")
+log = logging.getLogger("devtools.populate")
 
 
 def documents(bodies: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:

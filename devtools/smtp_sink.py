@@ -7,7 +7,7 @@ Each message becomes ``<dir>/<UTC time>-<uuid>.eml`` (e.g.
 written under a temporary name and renamed, so a reader never sees half a message; names sort
 in arrival order.
 
-Run it with ``python -m email_sender.sink`` (127.0.0.1:``SMTP_PORT``, files under
+Run it with ``python -m devtools.smtp_sink`` (127.0.0.1:``SMTP_PORT``, files under
 ``DATA_DIR/mail``; ``--port 0`` picks a free port and logs it). SIGTERM and SIGINT stop it.
 
 Importing this module starts nothing.
@@ -229,12 +229,12 @@ class Mailbox:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m email_sender.sink``: run the sink until SIGTERM/SIGINT."""
+    """``python -m devtools.smtp_sink``: run the sink until SIGTERM/SIGINT."""
     from eventpost.logs import configure_logging
     from eventpost.settings import Settings
 
     settings = Settings.from_env("smtp-sink")
-    parser = argparse.ArgumentParser(prog="python -m email_sender.sink", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devtools.smtp_sink", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=settings.smtp_port)
     parser.add_argument("--dir", type=Path, default=settings.data_dir / "mail")

@@ -72,7 +72,7 @@ def suite_parts(settings: Settings, with_smtp_sink: bool) -> list[Part]:
     ports = settings.service_ports
     parts = []
     if with_smtp_sink:
-        parts.append(Part("smtp-sink", [py, "-m", "email_sender.sink"], "email_sender.sink"))
+        parts.append(Part("smtp-sink", [py, "-m", "devtools.smtp_sink"], "devtools.smtp_sink"))
     for service in ("users", "events", "notifications"):
         parts.append(
             Part(
@@ -330,7 +330,7 @@ def run_foreground(env: Mapping[str, str], say: Callable[[str], None]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m eventpost.launcher``: the same as ``invoke run`` once installed."""
+    """``python -m devtools.launcher``: the same as ``invoke run`` once installed."""
     return run_foreground(os.environ, say=lambda line: sys.stdout.write(line + "\n"))
 
 
