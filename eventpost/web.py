@@ -24,6 +24,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from eventpost.errors import DomainError
 from eventpost.logs import loggable_path, request_id_var
 from eventpost.problems import PROBLEM_JSON, problem_body, problem_from_http_error
 from eventpost.settings import Settings
@@ -123,6 +124,26 @@ def _serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTT
         resp.set_header("WWW-Authenticate", "Bearer")
 
 
+def render_domain_error(resp: falcon.Response, exc: DomainError) -> None:
+    """Write a :class:`DomainError` into ``resp`` as problem+json (the one place domain errors
+    become HTTP answers)."""
+    resp.status = exc.status
+    resp.content_type = PROBLEM_JSON
+    resp.text = dumps(
+        problem_body(exc.status, title=exc.title, detail=exc.detail, errors=exc.errors)
+    )
+    for name, value in exc.headers.items():
+        resp.set_header(name, value)
+    if exc.status == 401 and not resp.get_header("WWW-Authenticate"):
+        resp.set_header("WWW-Authenticate", "Bearer")
+
+
+def _handle_domain_error(
+    req: falcon.Request, resp: falcon.Response, exc: DomainError, params: dict
+) -> None:
+    render_domain_error(resp, exc)
+
+
 def _handle_unexpected(
     req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict
 ) -> None:
@@ -196,6 +217,7 @@ def create_service_app(
     app.set_error_serializer(_serialize_error)
     # Falcon picks the most specific handler, so HTTPError keeps its own (serialized above).
     app.add_error_handler(Exception, _handle_unexpected)
+    app.add_error_handler(DomainError, _handle_domain_error)
     app.add_route("/health", HealthResource())
     app.add_route("/ready", ReadyResource(ready_checks or {}))
     app.add_route("/metrics", MetricsResource(registry))
