@@ -1,15 +1,25 @@
 """Every setting of every deployable, read from the environment in one place.
 
 Names and defaults of the public variables are fixed by API.md; the ``*_PORT`` variables of
-the internal services and the tuning knobs below are EventPost's own.
+the internal services and the tuning knobs below are EventPost's own. Each field's
+``validation_alias`` is its environment variable.
+
+Built on pydantic-settings: :meth:`Settings.from_env` reads a mapping of environment
+variables (the process environment by default) through a settings source, so further
+sources (Consul KV) slot in before it. Constructing ``Settings(...)`` directly reads nothing
+from the environment: tests and ``with_`` get exactly what they pass.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.sources import EnvSettingsSource, PydanticBaseSettingsSource
 
 DEFAULT_PORTS = {
     "gateway": 8000,
@@ -19,125 +29,170 @@ DEFAULT_PORTS = {
 }
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+def _env(name: str, field_name: str) -> Any:
+    """Read from environment variable ``name``; ``Settings(field_name=...)`` works too."""
+    return AliasChoices(name, field_name)
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+class MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping instead of ``os.environ``
+    (empty values count as unset)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._mapping = env
+        super().__init__(settings_cls, case_sensitive=True, env_ignore_empty=True)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {k: v for k, v in self._mapping.items() if v != ""}
 
 
-def _opt(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name)
-    return value if value else None
+def _comma_list(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseSettings):
     """Configuration of one EventPost process (which one is ``service``)."""
 
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
     service: str = "eventpost"
-    data_dir: Path = Path("var")
-    mongodb_url: str | None = field(default=None, repr=False)
-    # May carry a password: kept out of repr() so settings can be logged.
-    amqp_url: str = field(default="amqp://guest:guest@127.0.0.1:5672/%2F", repr=False)
-    gateway_port: int = DEFAULT_PORTS["gateway"]
-    service_ports: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
-    smtp_host: str = "127.0.0.1"
-    smtp_port: int = 1025
-    smtp_user: str | None = None
-    smtp_password: str | None = field(default=None, repr=False)
-    smtp_tls: str = "none"
-    smtp_timeout: float = 10.0
-    mail_from: str = "EventPost <no-reply@eventpost.local>"
-    consul_http_addr: str | None = None
-    dispatch_interval: float = 1.0
-    max_body_bytes: int = 64 * 1024
-    log_level: str = "INFO"
+    data_dir: Path = Field(Path("var"), validation_alias=_env("DATA_DIR", "data_dir"))
+    # Connection URLs may carry a password: kept out of repr() so settings can be logged.
+    mongodb_url: str | None = Field(
+        None, repr=False, validation_alias=_env("MONGODB_URL", "mongodb_url")
+    )
+    amqp_url: str = Field(
+        "amqp://guest:guest@127.0.0.1:5672/%2F",
+        repr=False,
+        validation_alias=_env("AMQP_URL", "amqp_url"),
+    )
+    gateway_port: int = Field(
+        DEFAULT_PORTS["gateway"], validation_alias=_env("GATEWAY_PORT", "gateway_port")
+    )
+    users_port: int = Field(
+        DEFAULT_PORTS["users"], validation_alias=_env("USERS_PORT", "users_port")
+    )
+    events_port: int = Field(
+        DEFAULT_PORTS["events"], validation_alias=_env("EVENTS_PORT", "events_port")
+    )
+    notifications_port: int = Field(
+        DEFAULT_PORTS["notifications"],
+        validation_alias=_env("NOTIFICATIONS_PORT", "notifications_port"),
+    )
+    smtp_host: str = Field("127.0.0.1", validation_alias=_env("SMTP_HOST", "smtp_host"))
+    smtp_port: int = Field(1025, validation_alias=_env("SMTP_PORT", "smtp_port"))
+    smtp_user: str | None = Field(None, validation_alias=_env("SMTP_USER", "smtp_user"))
+    smtp_password: str | None = Field(
+        None, repr=False, validation_alias=_env("SMTP_PASSWORD", "smtp_password")
+    )
+    smtp_tls: Literal["none", "starttls", "ssl"] = Field(
+        "none", validation_alias=_env("SMTP_TLS", "smtp_tls")
+    )
+    smtp_timeout: float = Field(10.0, validation_alias=_env("SMTP_TIMEOUT", "smtp_timeout"))
+    mail_from: str = Field(
+        "EventPost <no-reply@eventpost.local>", validation_alias=_env("MAIL_FROM", "mail_from")
+    )
+    consul_http_addr: str | None = Field(
+        None, validation_alias=_env("CONSUL_HTTP_ADDR", "consul_http_addr")
+    )
+    dispatch_interval: float = Field(
+        1.0, validation_alias=_env("DISPATCH_INTERVAL", "dispatch_interval")
+    )
+    max_body_bytes: int = Field(
+        64 * 1024, validation_alias=_env("MAX_BODY_BYTES", "max_body_bytes")
+    )
+    log_level: str = Field("INFO", validation_alias=_env("LOG_LEVEL", "log_level"))
     # Delays (seconds) between the tries of a failing message; its length is the number of
     # retries before the message is parked.
-    retry_delays: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)
+    retry_delays: Annotated[tuple[float, ...], NoDecode] = Field(
+        (5.0, 30.0, 120.0, 600.0), validation_alias=_env("RETRY_DELAYS", "retry_delays")
+    )
     # How long an access token lives, seconds.
-    access_token_ttl: int = 900
-    refresh_token_ttl: int = 30 * 24 * 3600
+    access_token_ttl: int = Field(
+        900, validation_alias=_env("ACCESS_TOKEN_TTL", "access_token_ttl")
+    )
+    refresh_token_ttl: int = Field(
+        30 * 24 * 3600, validation_alias=_env("REFRESH_TOKEN_TTL", "refresh_token_ttl")
+    )
     # Path of the users service's signing key file (USERS_SIGNING_KEYS); unset: a file
     # under DATA_DIR/keys, created on first start.
-    users_signing_keys: str | None = None
+    users_signing_keys: str | None = Field(
+        None, validation_alias=_env("USERS_SIGNING_KEYS", "users_signing_keys")
+    )
     # Gateway: listen address, per-client rate limit (requests/s, 0 = off) and burst, CORS
     # origins ("*" or a list), upstream timeouts (seconds).
-    gateway_host: str = "127.0.0.1"
-    gateway_rate_limit: float = 20.0
-    gateway_rate_burst: int = 40
-    gateway_cors_origins: tuple[str, ...] = ("*",)
-    gateway_connect_timeout: float = 2.0
-    gateway_upstream_timeout: float = 10.0
+    gateway_host: str = Field("127.0.0.1", validation_alias=_env("GATEWAY_HOST", "gateway_host"))
+    gateway_rate_limit: float = Field(
+        20.0, validation_alias=_env("GATEWAY_RATE_LIMIT", "gateway_rate_limit")
+    )
+    gateway_rate_burst: int = Field(
+        40, validation_alias=_env("GATEWAY_RATE_BURST", "gateway_rate_burst")
+    )
+    gateway_cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("*",), validation_alias=_env("GATEWAY_CORS_ORIGINS", "gateway_cors_origins")
+    )
+    gateway_connect_timeout: float = Field(
+        2.0, validation_alias=_env("GATEWAY_CONNECT_TIMEOUT", "gateway_connect_timeout")
+    )
+    gateway_upstream_timeout: float = Field(
+        10.0, validation_alias=_env("GATEWAY_UPSTREAM_TIMEOUT", "gateway_upstream_timeout")
+    )
+
+    @field_validator("retry_delays", mode="before")
+    @classmethod
+    def _delays(cls, value: object) -> object:
+        return _comma_list(value)
+
+    @field_validator("gateway_cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        return _comma_list(value) or ("*",)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only what the constructor is given: the environment is read by from_env alone.
+        return (init_settings,)
 
     @classmethod
     def from_env(cls, service: str = "eventpost", env: Mapping[str, str] | None = None) -> Settings:
-        """Read the settings of ``service`` from ``env`` (the process environment)."""
-        env = os.environ if env is None else env
-        ports = {
-            name: _int(env, f"{name.upper()}_PORT", default)
-            for name, default in DEFAULT_PORTS.items()
+        """Read the settings of ``service`` from ``env`` (the process environment).
+
+        Raises ValueError (a pydantic ValidationError) naming the variable at fault."""
+        source = MappingEnvSource(cls, os.environ if env is None else env)
+        return cls(service=service, **source())
+
+    @property
+    def service_ports(self) -> dict[str, int]:
+        """The HTTP port of every service, the gateway's included."""
+        return {
+            "gateway": self.gateway_port,
+            "users": self.users_port,
+            "events": self.events_port,
+            "notifications": self.notifications_port,
         }
-        smtp_tls = env.get("SMTP_TLS", "none") or "none"
-        if smtp_tls not in ("none", "starttls", "ssl"):
-            raise ValueError(f"SMTP_TLS must be none, starttls or ssl, got {smtp_tls!r}")
-        retry = env.get("RETRY_DELAYS")
-        return cls(
-            service=service,
-            data_dir=Path(env.get("DATA_DIR") or "var"),
-            mongodb_url=_opt(env, "MONGODB_URL"),
-            amqp_url=env.get("AMQP_URL") or cls.amqp_url,
-            gateway_port=ports["gateway"],
-            service_ports=ports,
-            smtp_host=env.get("SMTP_HOST") or "127.0.0.1",
-            smtp_port=_int(env, "SMTP_PORT", 1025),
-            smtp_user=_opt(env, "SMTP_USER"),
-            smtp_password=_opt(env, "SMTP_PASSWORD"),
-            smtp_tls=smtp_tls,
-            smtp_timeout=_float(env, "SMTP_TIMEOUT", 10.0),
-            mail_from=env.get("MAIL_FROM") or cls.mail_from,
-            consul_http_addr=_opt(env, "CONSUL_HTTP_ADDR"),
-            dispatch_interval=_float(env, "DISPATCH_INTERVAL", 1.0),
-            max_body_bytes=_int(env, "MAX_BODY_BYTES", 64 * 1024),
-            log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
-            retry_delays=(
-                tuple(float(x) for x in retry.split(",") if x.strip())
-                if retry
-                else cls.retry_delays
-            ),
-            access_token_ttl=_int(env, "ACCESS_TOKEN_TTL", 900),
-            refresh_token_ttl=_int(env, "REFRESH_TOKEN_TTL", 30 * 24 * 3600),
-            users_signing_keys=_opt(env, "USERS_SIGNING_KEYS"),
-            gateway_host=env.get("GATEWAY_HOST") or "127.0.0.1",
-            gateway_rate_limit=_float(env, "GATEWAY_RATE_LIMIT", 20.0),
-            gateway_rate_burst=_int(env, "GATEWAY_RATE_BURST", 40),
-            gateway_cors_origins=tuple(
-                o.strip() for o in (env.get("GATEWAY_CORS_ORIGINS") or "*").split(",") if o.strip()
-            )
-            or ("*",),
-            gateway_connect_timeout=_float(env, "GATEWAY_CONNECT_TIMEOUT", 2.0),
-            gateway_upstream_timeout=_float(env, "GATEWAY_UPSTREAM_TIMEOUT", 10.0),
-        )
 
     @property
     def port(self) -> int:
         """The HTTP port of this process's service."""
         return self.service_ports.get(self.service, self.gateway_port)
 
-    def with_(self, **changes: object) -> Settings:
-        """A copy with some fields changed (tests use it)."""
-        return replace(self, **changes)  # type: ignore[arg-type]
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with some fields changed, validated (tests use it). ``service_ports`` may
+        be given as a mapping of service name to port."""
+        for name, port in (changes.pop("service_ports", None) or {}).items():
+            changes[f"{name}_port"] = port
+        return type(self).model_validate({**self.model_dump(), **changes})
