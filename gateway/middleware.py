@@ -44,7 +44,7 @@ class GatewayEdge(RequestEdge):
             self.metrics.overhead.observe(max(0.0, elapsed - upstream_seconds))
         return logging.DEBUG if req.path in OPS_PATHS else logging.INFO
 
-    def log_fields(self, req: falcon.Request, elapsed: float) -> dict[str, Any]:
+    def log_fields(self, req: falcon.Request) -> dict[str, Any]:
         upstream_seconds = req.context.get("upstream_seconds")
         return {
             "upstream": req.context.get("upstream"),

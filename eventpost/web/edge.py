@@ -100,7 +100,7 @@ class RequestEdge:
         line)."""
         return logging.INFO
 
-    def log_fields(self, req: falcon.Request, elapsed: float) -> dict[str, Any]:
+    def log_fields(self, req: falcon.Request) -> dict[str, Any]:
         """Fields the log line carries besides the common ones."""
         return {}
 
@@ -115,7 +115,7 @@ class RequestEdge:
             "status": resp.status_code,
             "duration_ms": round(elapsed * 1000, 2),
         }
-        fields.update(self.log_fields(req, elapsed))
+        fields.update(self.log_fields(req))
         self.logger.log(level, "%s %s %s", req.method, path, resp.status_code, extra=fields)
 
 
@@ -123,8 +123,7 @@ def serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTP
     """Falcon's error serializer (WSGI and ASGI): every HTTP error as problem+json."""
     resp.content_type = PROBLEM_JSON
     resp.text = dumps(problem_from_http_error(exc))
-    if exc.status_code == 401 and not resp.get_header("WWW-Authenticate"):
-        resp.set_header("WWW-Authenticate", "Bearer")
+    _challenge(resp, exc.status_code)
 
 
 def render_domain_error(resp: falcon.Response, exc: DomainError) -> None:
@@ -137,7 +136,12 @@ def render_domain_error(resp: falcon.Response, exc: DomainError) -> None:
     )
     for name, value in exc.headers.items():
         resp.set_header(name, value)
-    if exc.status == 401 and not resp.get_header("WWW-Authenticate"):
+    _challenge(resp, exc.status)
+
+
+def _challenge(resp: falcon.Response, status: int) -> None:
+    # A 401 tells the client how to authenticate (RFC 9110), unless it already says.
+    if status == 401 and not resp.get_header("WWW-Authenticate"):
         resp.set_header("WWW-Authenticate", "Bearer")
 
 
