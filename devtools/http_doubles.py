@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import falcon.asgi
 import jwt
 import uvicorn
 from aiohttp import web
@@ -32,7 +33,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from eventpost.auth import AUDIENCE, ISSUER
 from eventpost.discovery import Discovery
 from eventpost.settings import Settings
-from gateway.app import Gateway, build_gateway
+from gateway.app import UVICORN_OPTIONS, create_app
+from gateway.ratelimit import RateLimiter
 from gateway.upstreams import UpstreamPolicy
 
 
@@ -48,21 +50,14 @@ def bound_socket(host: str = "127.0.0.1") -> socket.socket:
 
 class UvicornThread:
     """Runs an ASGI app under uvicorn in a background thread (``with UvicornThread(app) as s``,
-    then ``s.url``). The peer address is never taken from proxy headers."""
+    then ``s.url``), with the gateway's server options (the peer address is never taken from
+    proxy headers)."""
 
     def __init__(self, app: Any, *, graceful_timeout: float = 2.0) -> None:
         self.sock = bound_socket()
         host, port = self.sock.getsockname()
         self.url = f"http://{host}:{port}"
-        config = uvicorn.Config(
-            app,
-            lifespan="on",
-            proxy_headers=False,
-            access_log=False,
-            log_config=None,
-            server_header=False,
-            timeout_graceful_shutdown=graceful_timeout,
-        )
+        config = uvicorn.Config(app, timeout_graceful_shutdown=graceful_timeout, **UVICORN_OPTIONS)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
@@ -374,19 +369,21 @@ def running_gateway(
     policies: Mapping[str, UpstreamPolicy] | None = None,
     jwks_min_refetch: float = 5.0,
     discovery: Discovery | None = None,
+    address_limiter: RateLimiter | None = None,
     **changes: Any,
-) -> Iterator[tuple[str, Gateway]]:
+) -> Iterator[tuple[str, falcon.asgi.App]]:
     """A gateway under uvicorn in front of ``services`` (``ports`` overrides some upstream
-    ports; ``changes`` are Settings fields); yields ``(base_url, parts)``."""
+    ports; ``changes`` are Settings fields); yields ``(base_url, app)``."""
     settings = Settings(service="gateway").with_(
         service_ports={"gateway": 0, **services.ports(), **(ports or {})}, **changes
     )
-    gw = build_gateway(
+    app = create_app(
         settings,
         discovery=discovery,
         clock=clock or ManualClock(),
         policies=policies,
         jwks_min_refetch=jwks_min_refetch,
+        address_limiter=address_limiter,
     )
-    with UvicornThread(gw.app) as server:
-        yield server.url, gw
+    with UvicornThread(app) as server:
+        yield server.url, app

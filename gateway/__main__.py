@@ -14,7 +14,7 @@ import uvicorn
 
 from eventpost.logs import configure_logging
 from eventpost.settings import Settings
-from gateway.app import create_app
+from gateway.app import UVICORN_OPTIONS, create_app
 
 log = logging.getLogger("gateway")
 
@@ -35,16 +35,10 @@ def main(argv: list[str] | None = None) -> None:
         create_app(settings),
         host=settings.gateway_host,
         port=settings.gateway_port,
-        lifespan="on",
         http=args.http,
         loop=args.loop,
-        # The peer address is the client: never let X-Forwarded-For rewrite it here (the
-        # gateway is the edge; it sets that header itself for the services).
-        proxy_headers=False,
-        server_header=False,
-        access_log=False,
-        log_config=None,
         timeout_graceful_shutdown=args.graceful_timeout,
+        **UVICORN_OPTIONS,
     )
     log.info("gateway listening on http://%s:%d", settings.gateway_host, settings.gateway_port)
     # uvicorn handles SIGTERM/SIGINT itself while it runs, then re-raises the signal to the

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -17,6 +18,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from eventpost.discovery import Discovery
+from eventpost.web.edge import NotReady
 
 log = logging.getLogger("gateway.upstreams")
 
@@ -283,6 +285,16 @@ class UpstreamClient:
         except asyncio.CancelledError:
             breaker.release_trial()
             raise
+
+    def ready_checks(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        """The gateway's readiness checks, one per upstream by name (sorted): each raises
+        :class:`NotReady` unless :meth:`ready` says the upstream is."""
+
+        async def check(name: str) -> None:
+            if not await self.ready(name):
+                raise NotReady(f"no instance of the {name} service is ready")
+
+        return {name: functools.partial(check, name) for name in sorted(self.upstreams)}
 
     async def ready(self, name: str) -> bool:
         """Whether at least one instance of ``name`` answers ``GET /ready`` with 200."""

@@ -19,6 +19,7 @@ from devtools.http_doubles import (
     running_gateway,
 )
 from eventpost.discovery import Discovery
+from gateway.ratelimit import RateLimiter
 from gateway.upstreams import UpstreamPolicy
 
 
@@ -189,12 +190,11 @@ def test_rate_limit_429_with_retry_after(fakes):
 
 def test_rate_limit_per_authenticated_subject(fakes):
     clock = ManualClock()
-    with running_gateway(fakes, clock=clock, gateway_rate_limit=1.0, gateway_rate_burst=2) as (
-        url,
-        gw,
-    ):
-        # The address bucket is the same for both users here; give it room.
-        gw.limiter.burst = 100
+    # The address bucket is the same for both users here; give it room.
+    roomy = RateLimiter(1.0, 100, clock)
+    with running_gateway(
+        fakes, clock=clock, address_limiter=roomy, gateway_rate_limit=1.0, gateway_rate_burst=2
+    ) as (url, _):
         ann = {"Authorization": f"Bearer {fakes.mint.token('ann')}"}
         bob = {"Authorization": f"Bearer {fakes.mint.token('bob')}"}
         assert [call(url, "GET", "/v1/users/me", headers=ann).status for _ in range(3)] == [

@@ -156,11 +156,17 @@ def test_breaker_opens_after_consecutive_failures_and_half_opens_after_cooldown(
     assert breaker.allow()
 
 
-def test_breaker_failed_trial_reopens():
-    clock = ManualClock()
+def cooled_down_breaker(clock: ManualClock) -> CircuitBreaker:
+    """A breaker opened by one failure, its 5 s cooldown just over."""
     breaker = CircuitBreaker(failures=1, cooldown=5, clock=clock)
     breaker.record_failure()
     clock.advance(5)
+    return breaker
+
+
+def test_breaker_failed_trial_reopens():
+    clock = ManualClock()
+    breaker = cooled_down_breaker(clock)
     assert breaker.allow()
     breaker.record_failure()
     assert breaker.state is BreakerState.OPEN
@@ -170,10 +176,7 @@ def test_breaker_failed_trial_reopens():
 
 
 def test_breaker_abandoned_trial_frees_the_slot():
-    clock = ManualClock()
-    breaker = CircuitBreaker(failures=1, cooldown=5, clock=clock)
-    breaker.record_failure()
-    clock.advance(5)
+    breaker = cooled_down_breaker(ManualClock())
     assert breaker.allow()
     breaker.release_trial()
     assert breaker.allow()

@@ -1,0 +1,55 @@
+"""The gateway's Prometheus series (``gateway_*``), served at its ``/metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from gateway.upstreams import BreakerState
+
+
+class GatewayMetrics:
+    """The gateway's Prometheus series."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "gateway_requests_total",
+            "Requests answered by the gateway",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        buckets = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+        self.upstream_latency = Histogram(
+            "gateway_upstream_duration_seconds",
+            "Time an upstream took to answer (successful exchanges)",
+            ["upstream"],
+            registry=registry,
+            buckets=buckets,
+        )
+        self.request_latency = Histogram(
+            "gateway_request_duration_seconds",
+            "Time the gateway took to answer a request, upstream included",
+            ["route"],
+            registry=registry,
+            buckets=buckets,
+        )
+        self.overhead = Histogram(
+            "gateway_overhead_seconds",
+            "Time the gateway itself added to a forwarded request (total minus upstream)",
+            registry=registry,
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+        )
+        self.circuit_open = Gauge(
+            "gateway_circuit_open",
+            "1 while the circuit breaker of an upstream is open or half-open",
+            ["upstream"],
+            registry=registry,
+        )
+
+    def observe_upstream(self, upstream: str, seconds: float) -> None:
+        """An upstream answered in ``seconds``."""
+        self.upstream_latency.labels(upstream).observe(seconds)
+
+    def observe_breaker(self, upstream: str, state: BreakerState) -> None:
+        """The circuit breaker of ``upstream`` is in ``state`` now."""
+        self.circuit_open.labels(upstream).set(0 if state is BreakerState.CLOSED else 1)
