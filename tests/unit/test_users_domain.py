@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from eventpost.errors import Invalid, InvalidMany
 from services.users import domain
 
 
@@ -100,3 +101,29 @@ def test_throttle_keys():
     assert domain.account_throttle_key("u1", "Alice") == "account:u1"
     assert domain.account_throttle_key(None, "Alice") == "name:alice"
     assert domain.address_throttle_key("10.0.0.1") == "address:10.0.0.1"
+
+
+def test_checked_email_names_the_field():
+    assert domain.checked_email("Bob@Example.com") == "bob@example.com"
+    with pytest.raises(Invalid) as caught:
+        domain.checked_email("nope", "address")
+    assert caught.value.field == "address"
+    assert caught.value.detail.startswith("not a valid email address: ")
+
+
+def test_checked_sign_up_reports_every_broken_field():
+    assert domain.checked_sign_up("alice", "Alice@Example.com", "12345678") == "alice@example.com"
+    with pytest.raises(Invalid) as one:
+        domain.checked_sign_up("alice", "alice@example.com", "short")
+    assert not isinstance(one.value, InvalidMany)
+    assert one.value.errors == [{"field": "password", "message": "at least 8 characters"}]
+    with pytest.raises(InvalidMany) as many:
+        domain.checked_sign_up("A", "nope", "short")
+    assert [e["field"] for e in many.value.errors] == ["username", "password", "email"]
+
+
+def test_checked_password():
+    assert domain.checked_password("12345678") == "12345678"
+    with pytest.raises(Invalid) as caught:
+        domain.checked_password("1234567")
+    assert caught.value.field == "password"
