@@ -235,7 +235,8 @@ class Registration(UsersUseCase):
             # Rolled back with the transaction; removed again in case the store could not
             # make the two writes one unit (a claim must never outlive a failed sign-up).
             self.store.claims.delete_many({"user_id": user["id"]})
-            raise username_taken() if "username" in exc.fields else email_taken() from None
+            taken = username_taken() if "username" in exc.fields else email_taken()
+            raise taken from None
         log.info("account created", extra={"user_id": user["id"]})
         return stored
 

@@ -41,7 +41,7 @@ class UsersStore:
     collections only through this class."""
 
     def __init__(self, store: Store) -> None:
-        self.store = store
+        self._store = store
         self.users: Collection = LazyCollection(store, USERS)
         self.claims: Collection = LazyCollection(store, EMAIL_CLAIMS)
         self.refresh_tokens: Collection = LazyCollection(store, REFRESH_TOKENS)
@@ -49,7 +49,7 @@ class UsersStore:
 
     def transaction(self) -> AbstractContextManager[None]:
         """One atomic unit over several collections."""
-        return self.store.transaction()
+        return self._store.transaction()
 
     # -- accounts ----------------------------------------------------------------------------
 
@@ -64,6 +64,8 @@ class UsersStore:
     def user_by_email(self, email: str) -> dict[str, Any] | None:
         """The account whose primary address is ``email`` (lowercase)."""
         return self.users.find_one({"email": email})
+
+    # -- failed logins -------------------------------------------------------------------------
 
     def recent_failures(self, key: str, since: str, limit: int) -> list[dict[str, Any]]:
         """Up to ``limit`` failures of ``key`` at or after ``since``, oldest first."""
