@@ -31,8 +31,9 @@ from argon2 import PasswordHasher
 from eventpost.settings import Settings
 from eventpost.storage.sqlite import SqliteStore
 from services.users.app import create_app
-from services.users.domain import Passwords, ThrottlePolicy
+from services.users.domain import ThrottlePolicy
 from services.users.keys import KeyRing
+from services.users.passwords import Passwords
 
 PASSWORD = "correct horse battery"
 

@@ -30,6 +30,9 @@ Behaviour where API.md is silent (to be mirrored in the OpenAPI file):
   gateway for the per-address limit to hold (per-account holds regardless).
 - Refresh tokens rotate on every use (new expiry of ``REFRESH_TOKEN_TTL``); a spent token
   used again revokes every token of its login (family), 401 for all of them.
+- A change that loses the race with concurrent changes of the same account (or address) is
+  decided again on what is there now; after 5 lost races: 409 "The account kept changing;
+  try again." (409 "taken" is only for a name or address another account holds).
 - No endpoint takes query parameters: any is refused with 422 rather than ignored.
 - The service checks on every authenticated request that the account still exists, so a
   deleted account's unexpired access token gets 401 at once.

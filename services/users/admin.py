@@ -12,12 +12,13 @@ import json
 import sys
 from collections.abc import Sequence
 
+from eventpost.errors import DomainError
 from eventpost.logs import configure_logging
 from eventpost.settings import Settings
 from eventpost.storage import open_store
-from services.users.accounts import Accounts
-from services.users.domain import AccountError, public_user
+from services.users.domain import public_user
 from services.users.keys import KeyRing, default_key_path, rotate_key_file
+from services.users.service import UsersService
 from services.users.store import UsersStore
 
 
@@ -27,13 +28,13 @@ def create_admin(
     """Create the admin account ``username`` or promote it; returns (public user, created)."""
     store = open_store(settings, "users")
     try:
-        accounts = Accounts(
+        service = UsersService(
             UsersStore(store),
             KeyRing(default_key_path(settings)),
             access_token_ttl=settings.access_token_ttl,
             refresh_token_ttl=settings.refresh_token_ttl,
         )
-        user, created = accounts.make_admin(username, email, password)
+        user, created = service.admin.make_admin(username, email, password)
         return public_user(user), created
     finally:
         store.close()
@@ -59,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else None
     try:
         user, created = create_admin(settings, args.username, args.email, password or None)
-    except AccountError as exc:
+    except DomainError as exc:
         sys.stderr.write(f"create-admin: {exc.detail}\n")
         return 1
     verb = "created" if created else "promoted"

@@ -6,14 +6,16 @@ from collections.abc import Callable
 
 import falcon
 
+from eventpost.ids import new_id
 from eventpost.settings import Settings
 from eventpost.storage import Store, open_store
 from eventpost.timeutil import Clock, utcnow
 from eventpost.web import create_service_app
 from services.users import resources
-from services.users.accounts import Accounts, new_id
-from services.users.domain import AccountError, Passwords, ThrottlePolicy
+from services.users.domain import ThrottlePolicy
 from services.users.keys import KeyRing, default_key_path
+from services.users.passwords import Passwords
+from services.users.service import UsersService
 from services.users.store import UsersStore
 
 
@@ -36,7 +38,7 @@ def create_app(
     keys = keys or KeyRing(default_key_path(settings))
     passwords = passwords or Passwords()
     passwords.warm_up()
-    accounts = Accounts(
+    service = UsersService(
         UsersStore(store),
         keys,
         passwords=passwords,
@@ -51,8 +53,7 @@ def create_app(
         ready_checks={"store": store.ping},
         middleware=[resources.NoQueryParameters()],
     )
-    app.add_error_handler(AccountError, resources.account_error_handler)
-    parts = (accounts, keys, settings.max_body_bytes)
+    parts = (service, keys, settings.max_body_bytes)
     app.add_route("/v1/users", resources.UsersResource(*parts))
     app.add_route("/v1/users/me", resources.MeResource(*parts))
     app.add_route("/v1/users/me/emails", resources.EmailsResource(*parts))

@@ -1,6 +1,8 @@
-"""Rules of accounts and identity, with no I/O: what a valid username or email is, how a user
-is shown, how passwords, refresh tokens and verification tokens are made and checked, and how
-many failed logins are allowed."""
+"""Rules of accounts and identity, with no I/O: what a valid username, password or email is,
+how a user is shown, how refresh tokens and verification tokens are made and checked, and how
+many failed logins are allowed. Broken rules raise :mod:`eventpost.errors` errors.
+
+Password hashing (argon2) is in :mod:`services.users.passwords`."""
 
 from __future__ import annotations
 
@@ -9,15 +11,13 @@ import hmac
 import math
 import re
 import secrets
-import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 from email_validator import EmailNotValidError, validate_email
 
+from eventpost.errors import Invalid, InvalidMany
 from eventpost.timeutil import format_time
 
 USERNAME_RE = re.compile(r"^[a-z0-9_.-]{3,32}$")
@@ -65,6 +65,38 @@ def password_problem(value: str) -> str | None:
     return None
 
 
+def checked_email(value: str, field: str = "email") -> str:
+    """The canonical form of ``value``; :class:`Invalid` on ``field`` when it is no address."""
+    try:
+        return normalize_email(value)
+    except InvalidEmail as exc:
+        raise Invalid(f"not a valid email address: {exc}", field) from None
+
+
+def checked_sign_up(username: str, email: str, password: str) -> str:
+    """Check a sign-up's fields all at once (one :class:`Invalid` per broken field, as
+    :class:`InvalidMany` when there are several); returns the canonical email."""
+    problems = []
+    if (problem := username_problem(username)) is not None:
+        problems.append(Invalid(problem, "username"))
+    if (problem := password_problem(password)) is not None:
+        problems.append(Invalid(problem, "password"))
+    try:
+        email = checked_email(email)
+    except Invalid as exc:
+        problems.append(exc)
+    if problems:
+        raise problems[0] if len(problems) == 1 else InvalidMany(problems)
+    return email
+
+
+def checked_password(password: str) -> str:
+    """``password`` when it is acceptable, else :class:`Invalid` on ``password``."""
+    if (problem := password_problem(password)) is not None:
+        raise Invalid(problem, "password")
+    return password
+
+
 def public_user(doc: dict[str, Any]) -> dict[str, Any]:
     """A user as the API shows it: never a password, hash or token."""
     return {
@@ -78,49 +110,6 @@ def public_user(doc: dict[str, Any]) -> dict[str, Any]:
         "role": doc["role"],
         "created_at": doc["created_at"],
     }
-
-
-# -- passwords ------------------------------------------------------------------------------
-
-
-class Passwords:
-    """argon2id hashing. Unknown accounts are checked against a dummy hash made with the same
-    parameters, so a login costs the same whether the account exists or not."""
-
-    def __init__(self, hasher: PasswordHasher | None = None) -> None:
-        self.hasher = hasher or PasswordHasher()
-        self._dummy: str | None = None
-        self._lock = threading.Lock()
-
-    def hash(self, password: str) -> str:
-        return self.hasher.hash(password)
-
-    def _dummy_hash(self) -> str:
-        with self._lock:
-            if self._dummy is None:
-                self._dummy = self.hasher.hash(secrets.token_urlsafe(16))
-            return self._dummy
-
-    def warm_up(self) -> None:
-        """Make the dummy hash now rather than during the first login."""
-        self._dummy_hash()
-
-    def verify(self, stored_hash: str | None, password: str) -> bool:
-        """True when ``password`` matches ``stored_hash``; with no hash (unknown account) the
-        same work is done against the dummy hash and the answer is False."""
-        target = stored_hash if stored_hash is not None else self._dummy_hash()
-        try:
-            ok = self.hasher.verify(target, password)
-        except (VerificationError, InvalidHashError):
-            return False
-        return bool(ok) and stored_hash is not None
-
-    def needs_rehash(self, stored_hash: str) -> bool:
-        """True when the hash was made with other parameters than today's."""
-        try:
-            return self.hasher.check_needs_rehash(stored_hash)
-        except InvalidHashError:
-            return True
 
 
 # -- opaque tokens (refresh, email verification) ---------------------------------------------
@@ -171,78 +160,5 @@ def account_throttle_key(user_id: str | None, identifier: str) -> str:
 
 
 def address_throttle_key(address: str) -> str:
+    """The throttle key of a login attempt's client address."""
     return f"address:{address}"
-
-
-def client_address(forwarded_for: str | None, remote_addr: str | None) -> str:
-    """The client's address: the last hop of ``X-Forwarded-For`` (the gateway replaces the
-    header with the address it saw), else the peer's address."""
-    if forwarded_for:
-        last = forwarded_for.split(",")[-1].strip()
-        if last:
-            return last[:64]
-    return remote_addr or "unknown"
-
-
-# -- what can go wrong ------------------------------------------------------------------------
-
-
-class AccountError(Exception):
-    """A request about accounts that cannot be done; ``status`` is its HTTP answer."""
-
-    status = 400
-
-    def __init__(self, detail: str, field: str | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.field = field
-
-
-class Invalid(AccountError):
-    """422: a field's value is not acceptable."""
-
-    status = 422
-
-    @property
-    def errors(self) -> list[dict[str, str]]:
-        return [{"field": self.field or "body", "message": self.detail}]
-
-
-class InvalidMany(Invalid):
-    """422 about several fields at once."""
-
-    def __init__(self, problems: list[Invalid]) -> None:
-        super().__init__(problems[0].detail, problems[0].field)
-        self.problems = problems
-
-    @property
-    def errors(self) -> list[dict[str, str]]:
-        return [e for p in self.problems for e in p.errors]
-
-
-class Taken(AccountError):
-    """409: the username or email address is already used by an account."""
-
-    status = 409
-
-
-class Missing(AccountError):
-    """404: no such thing (on this account)."""
-
-    status = 404
-
-
-class BadCredentials(AccountError):
-    """401: wrong username/password or an unusable refresh token; the same body every time."""
-
-    status = 401
-
-
-class Throttled(AccountError):
-    """429: too many failed logins; try again after ``retry_after`` seconds."""
-
-    status = 429
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__("Too many failed logins; try again later.")
-        self.retry_after = retry_after

@@ -1,5 +1,6 @@
-"""The users service's HTTP resources (Falcon nouns); the rules live in
-:mod:`services.users.accounts`."""
+"""The users service's HTTP resources (Falcon nouns): parse the request, call the use case of
+:mod:`services.users.service`, write the response. The rules live in the use cases and
+:mod:`services.users.domain`; their errors are rendered by :mod:`eventpost.web`."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ import falcon
 from pydantic import Field
 
 from eventpost.auth import authenticate, unauthorized
-from eventpost.problems import PROBLEM_JSON, ValidationProblem, problem_body
+from eventpost.problems import ValidationProblem
 from eventpost.validation import StrictModel, parse_body
 from eventpost.web import dumps
 from services.users import domain
-from services.users.accounts import Accounts
-from services.users.domain import AccountError, public_user
+from services.users.domain import public_user
 from services.users.keys import KeyRing
+from services.users.service import UsersService
 
 # Bodies: types and rough sizes only; the rules (username pattern, email syntax, password
 # length) are checked by the use cases so the messages name the field. Anything else in a
@@ -47,18 +48,14 @@ class VerifyBody(StrictModel):
     token: str = Field(max_length=_SHORT)
 
 
-def account_error_handler(
-    req: falcon.Request, resp: falcon.Response, exc: AccountError, params: dict[str, Any]
-) -> None:
-    """Render an :class:`AccountError` as problem+json."""
-    resp.status = exc.status
-    resp.content_type = PROBLEM_JSON
-    errors = exc.errors if isinstance(exc, domain.Invalid) else None
-    resp.text = dumps(problem_body(exc.status, detail=exc.detail, errors=errors))
-    if isinstance(exc, domain.Throttled):
-        resp.set_header("Retry-After", str(exc.retry_after))
-    if exc.status == 401:
-        resp.set_header("WWW-Authenticate", "Bearer")
+def client_address(forwarded_for: str | None, remote_addr: str | None) -> str:
+    """The client's address: the last hop of ``X-Forwarded-For`` (the gateway replaces the
+    header with the address it saw), else the peer's address."""
+    if forwarded_for:
+        last = forwarded_for.split(",")[-1].strip()
+        if last:
+            return last[:64]
+    return remote_addr or "unknown"
 
 
 class NoQueryParameters:
@@ -76,9 +73,12 @@ class NoQueryParameters:
             )
 
 
-class _Base:
-    def __init__(self, accounts: Accounts, keys: KeyRing, max_body_bytes: int) -> None:
-        self.accounts = accounts
+class UsersServiceResource:
+    """What every resource of the service is given: the use cases, the key ring that signs
+    access tokens, and the body size limit."""
+
+    def __init__(self, service: UsersService, keys: KeyRing, max_body_bytes: int) -> None:
+        self.service = service
         self.keys = keys
         self.max_body = max_body_bytes
 
@@ -86,7 +86,7 @@ class _Base:
         """The account of the request's access token; 401 when the token is bad or the
         account no longer exists."""
         claims = authenticate(req, self.keys)
-        user = self.accounts.get(claims.sub)
+        user = self.service.registration.account(claims.sub)
         if user is None:
             raise unauthorized()
         return user
@@ -96,12 +96,12 @@ def _no_store(resp: falcon.Response) -> None:
     resp.set_header("Cache-Control", "no-store")
 
 
-class UsersResource(_Base):
+class UsersResource(UsersServiceResource):
     """``/v1/users``: sign-up."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = parse_body(req, SignUp, self.max_body)
-        user = self.accounts.sign_up(
+        user = self.service.registration.sign_up(
             body.username, body.email, body.password, request_id=req.context.request_id
         )
         resp.status = falcon.HTTP_201
@@ -109,28 +109,28 @@ class UsersResource(_Base):
         resp.media = public_user(user)
 
 
-class TokenResource(_Base):
+class TokenResource(UsersServiceResource):
     """``/v1/auth/token``: login with username (or email) and password."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = parse_body(req, Login, self.max_body)
-        client = domain.client_address(req.get_header("X-Forwarded-For"), req.remote_addr)
-        pair = self.accounts.login(body.username, body.password, client)
+        client = client_address(req.get_header("X-Forwarded-For"), req.remote_addr)
+        pair = self.service.logins.login(body.username, body.password, client)
         _no_store(resp)
         resp.media = pair.as_json()
 
 
-class RefreshResource(_Base):
+class RefreshResource(UsersServiceResource):
     """``/v1/auth/refresh``: a new token pair for a refresh token (which is spent)."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = parse_body(req, RefreshBody, self.max_body)
-        pair = self.accounts.refresh(body.refresh_token)
+        pair = self.service.tokens.refresh(body.refresh_token)
         _no_store(resp)
         resp.media = pair.as_json()
 
 
-class JwksResource(_Base):
+class JwksResource(UsersServiceResource):
     """``/v1/auth/jwks``: the public keys that sign access tokens."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -139,7 +139,7 @@ class JwksResource(_Base):
         resp.text = dumps(self.keys.jwks())
 
 
-class MeResource(_Base):
+class MeResource(UsersServiceResource):
     """``/v1/users/me``: the signed-in account."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -148,37 +148,39 @@ class MeResource(_Base):
     def on_patch(self, req: falcon.Request, resp: falcon.Response) -> None:
         user = self.current_user(req)
         body = parse_body(req, EmailBody, self.max_body)
-        resp.media = public_user(self.accounts.change_primary(user["id"], body.email))
+        resp.media = public_user(self.service.registration.change_primary(user["id"], body.email))
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
         user = self.current_user(req)
-        self.accounts.delete(user["id"], request_id=req.context.request_id)
+        self.service.registration.delete(user["id"], request_id=req.context.request_id)
         resp.status = falcon.HTTP_204
 
 
-class EmailsResource(_Base):
+class EmailsResource(UsersServiceResource):
     """``/v1/users/me/emails``: add a secondary address."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         user = self.current_user(req)
         body = parse_body(req, EmailBody, self.max_body)
-        changed = self.accounts.add_email(user["id"], body.email, request_id=req.context.request_id)
+        changed = self.service.addresses.add(
+            user["id"], body.email, request_id=req.context.request_id
+        )
         resp.status = falcon.HTTP_201
         resp.media = public_user(changed)
 
 
-class EmailVerificationResource(_Base):
+class EmailVerificationResource(UsersServiceResource):
     """``/v1/users/me/emails/verify``: verify a secondary address with its token."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         user = self.current_user(req)
         body = parse_body(req, VerifyBody, self.max_body)
-        resp.media = public_user(self.accounts.verify_email(user["id"], body.email, body.token))
+        resp.media = public_user(self.service.addresses.verify(user["id"], body.email, body.token))
 
 
-class EmailResource(_Base):
+class EmailResource(UsersServiceResource):
     """``/v1/users/me/emails/{email}``: remove a secondary address."""
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, email: str) -> None:
         user = self.current_user(req)
-        resp.media = public_user(self.accounts.remove_email(user["id"], email))
+        resp.media = public_user(self.service.addresses.remove(user["id"], email))

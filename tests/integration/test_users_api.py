@@ -25,8 +25,8 @@ from eventpost.storage import Query, Store
 from eventpost.storage.sqlite import SqliteStore
 from eventpost.timeutil import format_time
 from services.users.app import create_app
-from services.users.domain import Passwords
 from services.users.keys import KeyRing
+from services.users.passwords import Passwords
 from services.users.store import EMAIL_CLAIMS, LOGIN_FAILURES, REFRESH_TOKENS, USERS
 
 CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)

@@ -32,8 +32,8 @@ from services.notifications.app import create_app as create_notifications
 from services.users import domain as users_domain
 from services.users import resources as users_resources
 from services.users.app import create_app as create_users
-from services.users.domain import Passwords
 from services.users.keys import KeyRing
+from services.users.passwords import Passwords
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC_PATH = REPO / "docs" / "openapi.yaml"

@@ -3,11 +3,9 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from argon2 import PasswordHasher
 
+from eventpost.errors import Invalid, InvalidMany
 from services.users import domain
-
-CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 
 
 @pytest.mark.parametrize(
@@ -76,25 +74,6 @@ def test_public_user_never_shows_hashes_or_tokens():
     }
 
 
-def test_passwords_verify_and_unknown_account_is_false():
-    pw = domain.Passwords(CHEAP)
-    stored = pw.hash("correct horse")
-    assert stored.startswith("$argon2id$")
-    assert pw.verify(stored, "correct horse")
-    assert not pw.verify(stored, "wrong horse")
-    # No account: the dummy hash is checked (same work) and the answer is always False,
-    # even for the password the dummy was made from (it is random and never known).
-    assert not pw.verify(None, "correct horse")
-    assert not pw.verify("not a hash", "correct horse")
-
-
-def test_needs_rehash_when_parameters_change():
-    old = domain.Passwords(CHEAP).hash("correct horse")
-    newer = domain.Passwords(PasswordHasher(time_cost=2, memory_cost=8, parallelism=1))
-    assert newer.needs_rehash(old)
-    assert not newer.needs_rehash(newer.hash("correct horse"))
-
-
 def test_token_digests():
     token = domain.new_secret()
     assert len(token) >= 43
@@ -124,8 +103,27 @@ def test_throttle_keys():
     assert domain.address_throttle_key("10.0.0.1") == "address:10.0.0.1"
 
 
-def test_client_address_takes_the_last_forwarded_hop():
-    assert domain.client_address("203.0.113.5", "127.0.0.1") == "203.0.113.5"
-    assert domain.client_address("1.1.1.1, 203.0.113.5", "127.0.0.1") == "203.0.113.5"
-    assert domain.client_address(None, "127.0.0.1") == "127.0.0.1"
-    assert domain.client_address("", None) == "unknown"
+def test_checked_email_names_the_field():
+    assert domain.checked_email("Bob@Example.com") == "bob@example.com"
+    with pytest.raises(Invalid) as caught:
+        domain.checked_email("nope", "address")
+    assert caught.value.field == "address"
+    assert caught.value.detail.startswith("not a valid email address: ")
+
+
+def test_checked_sign_up_reports_every_broken_field():
+    assert domain.checked_sign_up("alice", "Alice@Example.com", "12345678") == "alice@example.com"
+    with pytest.raises(Invalid) as one:
+        domain.checked_sign_up("alice", "alice@example.com", "short")
+    assert not isinstance(one.value, InvalidMany)
+    assert one.value.errors == [{"field": "password", "message": "at least 8 characters"}]
+    with pytest.raises(InvalidMany) as many:
+        domain.checked_sign_up("A", "nope", "short")
+    assert [e["field"] for e in many.value.errors] == ["username", "password", "email"]
+
+
+def test_checked_password():
+    assert domain.checked_password("12345678") == "12345678"
+    with pytest.raises(Invalid) as caught:
+        domain.checked_password("1234567")
+    assert caught.value.field == "password"
