@@ -212,3 +212,27 @@ def test_user_deleted_removes_that_users_reminders(store, clock, handlers):
     assert coll.get("b1") is not None
     with pytest.raises(PermanentError):
         deliver(handlers.on_user_deleted, "user.deleted", {})
+
+
+@pytest.mark.parametrize(
+    ("handler", "type_", "payload"),
+    [
+        ("on_email_outcome", "email.sent", {"correlation": {"notification_id": "n1"}}),
+        ("on_email_outcome", "email.failed", {**outcome("n1", 2), "error": 550}),
+        ("on_event_change", "event.updated", {"event": "not an object"}),
+        ("on_event_change", "event.updated", {"event": {"title": "no id"}}),
+        ("on_event_change", "event.deleted", {"event": EVENT}),
+        ("on_event_change", "event.deleted", {"event_id": 7, "event": EVENT}),
+        ("on_user_deleted", "user.deleted", {"user_id": 7}),
+        ("on_user_deleted", "user.deleted", {"user_id": ""}),
+    ],
+)
+def test_payloads_that_break_their_contract_are_permanent_errors(
+    store, clock, handlers, handler, type_, payload
+):
+    version = sending(store, clock, "n1")
+    before = NotificationsStore(store).collection.get("n1")
+    with pytest.raises(PermanentError):
+        deliver(getattr(handlers, handler), type_, payload)
+    assert NotificationsStore(store).collection.get("n1") == before
+    assert before["version"] == version
