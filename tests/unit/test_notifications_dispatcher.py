@@ -188,3 +188,14 @@ def test_a_failing_batch_transaction_is_redone_write_by_write(tmp_path, clock):
     assert [k.split(":")[1] for k in keys] == sorted(ids)
     assert NotificationsStore(store).collection.count({"status": "sending"}) == 5
     store.close()
+
+
+def test_the_deployable_dispatcher_has_no_fault_injection(store):
+    """Holding claims on purpose is test tooling (tests/integration/pausing_dispatcher)."""
+    from services.notifications.dispatcher import main
+
+    with pytest.raises(TypeError):
+        ReminderDispatcher(store, pause_after_claim=1.0)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--pause-after-claim", "1"])
+    assert exit_.value.code == 2
