@@ -17,6 +17,9 @@ Only a ``scheduled`` reminder can be changed. The dispatcher claims a due remind
 (``lease_owner``/``lease_until``) while it stays ``scheduled``; every other write to a reminder
 releases any lease (``lease_until`` back to :data:`NO_LEASE`) and bumps the version, so a
 dispatcher whose claim went stale finds a different version and changes nothing.
+
+A broken rule is an :mod:`eventpost.errors` error: :class:`~eventpost.errors.Invalid` naming
+the field at fault, :class:`NotChangeable` (409) for a reminder past ``scheduled``.
 """
 
 from __future__ import annotations
