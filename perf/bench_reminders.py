@@ -55,7 +55,7 @@ from eventpost.settings import Settings  # noqa: E402
 from eventpost.storage.sqlite import SqliteStore  # noqa: E402
 from eventpost.timeutil import format_time, parse_time  # noqa: E402
 from services.notifications import domain  # noqa: E402
-from services.notifications.store import iter_matching, notifications  # noqa: E402
+from services.notifications.store import NotificationsStore  # noqa: E402
 
 KEY = re.compile(rb"^X-EventPost-Idempotency-Key: *(\S+)\r?$", re.MULTILINE)
 RETRY_DELAYS = "2,5,10"
@@ -92,7 +92,7 @@ class TimedSink(FileSinkHandler):
 
 def seed(store: SqliteStore, n: int, t0: datetime, spread: float, rng: random.Random) -> dict:
     """n reminders due in [t0, t0 + spread); returns {id: send_at (epoch seconds)}."""
-    coll = notifications(store)
+    coll = NotificationsStore(store).collection
     due = {}
     with store.transaction():
         for i in range(n):
@@ -173,7 +173,6 @@ def run_once(args: argparse.Namespace, amqp_url: str, spread: float) -> dict:
             )
 
         store = SqliteStore(data / "notifications.sqlite3")
-        notifications(store)
         try:
             for s in range(args.senders):
                 start(
@@ -217,13 +216,14 @@ def run_once(args: argparse.Namespace, amqp_url: str, spread: float) -> dict:
             with handler.lock:
                 arrivals = list(handler.arrivals)
             wait_outcomes = time.monotonic() + 30
-            coll = notifications(store)
+            reminders = NotificationsStore(store)
+            coll = reminders.collection
             while coll.count({"status": "sent"}) < args.n and time.monotonic() < wait_outcomes:
                 time.sleep(0.2)
             statuses = {s: coll.count({"status": s}) for s in domain.STATUSES}
             handed = [
                 parse_time(d["dispatched_at"]).timestamp() - due[d["id"]]
-                for d in iter_matching(coll, {})
+                for d in reminders.iter_matching({})
                 if d.get("dispatched_at")
             ]
         finally:

@@ -24,10 +24,8 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-import falcon
-
-from eventpost.auth import unauthorized
 from eventpost.discovery import Discovery
+from eventpost.errors import Unauthenticated, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +41,17 @@ class Upstreams(Protocol):
     """What the notifications service asks other services (tests may pass their own)."""
 
     def get_event(self, event_id: str, *, request_id: str | None) -> dict[str, Any]:
-        """The event's JSON; raises :class:`UnknownEvent`, or a 503 ``falcon.HTTPError``."""
+        """The event's JSON; raises :class:`UnknownEvent`, or :class:`Unavailable` (503)."""
 
     def get_me(self, authorization: str, *, request_id: str | None) -> dict[str, Any]:
-        """The caller's user JSON (``GET /v1/users/me`` with the caller's token)."""
+        """The caller's user JSON (``GET /v1/users/me`` with the caller's token); raises
+        :class:`Unauthenticated` (401) when the account is gone, or :class:`Unavailable`."""
 
 
-def _unavailable(service: str) -> falcon.HTTPServiceUnavailable:
-    return falcon.HTTPServiceUnavailable(
-        title="Service Unavailable",
-        description=f"The {service} service did not answer; try again shortly.",
-        retry_after=2,
+def _unavailable(service: str) -> Unavailable:
+    return Unavailable(
+        f"The {service} service did not answer; try again shortly.",
+        headers={"Retry-After": "2"},
     )
 
 
@@ -116,6 +114,9 @@ class HttpUpstreams:
             return body
         if status in (401, 404):
             # The token verified here but the account is gone (or was revoked there).
-            raise unauthorized("The account of this token no longer exists.")
+            raise Unauthenticated(
+                "The account of this token no longer exists.",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
         log.warning("users answered %s for /v1/users/me", status)
         raise _unavailable("users")

@@ -38,34 +38,24 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
 from eventpost import contracts
+from eventpost.ids import worker_name
 from eventpost.logs import configure_logging
+from eventpost.loops import Backoff, backoff_delay, run_rounds
 from eventpost.messaging import EXCHANGE, Envelope, OutboxRelay, Publisher, PublishError
-from eventpost.messaging.consumer import backoff_delay
 from eventpost.messaging.publisher import Unroutable
 from eventpost.messaging.worker import Worker
 from eventpost.settings import Settings
-from eventpost.storage import (
-    NotFound,
-    Query,
-    Range,
-    StorageError,
-    Store,
-    VersionConflict,
-    open_store,
-)
+from eventpost.storage import StorageError, Store, open_store
 from eventpost.timeutil import Clock, format_time, parse_time, utcnow
 from services.notifications import domain
-from services.notifications.store import claim_due, notifications
+from services.notifications.store import Decision, NotificationsStore
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +81,8 @@ class JobPublisher(Publisher):
 
 
 def new_owner() -> str:
-    """A dispatcher's unique owner id: host, pid and a random part."""
-    return f"dispatcher@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """A dispatcher's unique lease owner: ``dispatcher@host:pid:random``."""
+    return worker_name("dispatcher")
 
 
 class ReminderDispatcher:
@@ -110,19 +100,17 @@ class ReminderDispatcher:
         batch: int = DEFAULT_BATCH,
         interval: float = 1.0,
         on_handed_over: Callable[[], None] | None = None,
-        pause_after_claim: float = 0.0,
     ) -> None:
         if batch < 1:
             raise ValueError("batch must be at least 1")
         self.store = store
-        self.coll = notifications(store)
+        self.reminders = NotificationsStore(store)
         self.clock = clock
         self.owner = owner or new_owner()
         self.lease = timedelta(seconds=lease_seconds)
         self.batch = batch
         self.interval = interval
         self.on_handed_over = on_handed_over
-        self.pause_after_claim = pause_after_claim
         self._batch_writes = True
 
     # -- one round -----------------------------------------------------------------------
@@ -136,7 +124,7 @@ class ReminderDispatcher:
         def claim_batch() -> list[dict[str, Any]]:
             claimed: list[dict[str, Any]] = []
             while len(claimed) < self.batch:
-                doc = claim_due(self.coll, now=now_s, owner=self.owner, lease_until=until)
+                doc = self.reminders.claim_due(now=now_s, owner=self.owner, lease_until=until)
                 if doc is None:
                     break
                 claimed.append(doc)
@@ -162,7 +150,7 @@ class ReminderDispatcher:
         so."""
         if self._batch_writes:
             try:
-                with self.store.transaction():
+                with self.reminders.transaction():
                     return work()
             except StorageError as exc:
                 self._batch_writes = False
@@ -172,43 +160,34 @@ class ReminderDispatcher:
                 )
         return work()
 
-    def _hand_over_one(self, doc: dict[str, Any]) -> bool:
+    def _hand_over_one(self, claimed: dict[str, Any]) -> bool:
         now = self.clock()
-        if doc.get("lease_owner") != self.owner or parse_time(doc["send_at"]) > now:
-            return False  # not ours, or (clock set back) not due: never send early
-        version = doc["version"] + 1  # the store bumps the version by one on every write
-        job = domain.reminder_job(doc, version)
-        envelope = Envelope.new(
-            contracts.EMAIL_SEND, job, request_id=doc.get("request_id"), clock=self.clock
-        )
-        stamp = format_time(now)
-        try:
-            self.coll.update(
-                doc["id"],
-                {
-                    "status": domain.SENDING,
-                    "lease_owner": None,
-                    "lease_until": domain.NO_LEASE,
-                    "dispatched_at": stamp,
-                    "dispatched_by": self.owner,
-                    "updated_at": stamp,
-                },
-                expected_version=doc["version"],
-                events=[envelope.to_dict()],
-            )
-        except (VersionConflict, NotFound):
+
+        def decide(doc: dict[str, Any] | None) -> Decision:
+            if doc is None or doc["version"] != claimed["version"]:
+                return None  # changed since the claim: the claim went stale
+            changes = domain.claimed_for_sending(doc, owner=self.owner, now=now)
+            if changes is None:
+                return None
+            job = domain.reminder_job(doc, domain.sending_version(doc))
+            return changes, [job.envelope(doc.get("request_id"), clock=self.clock).to_dict()]
+
+        written = self.reminders.change(claimed["id"], decide, current=claimed)
+        if written is None:
             log.info(
-                "reminder changed since it was claimed; not sent by this claim",
-                extra={"notification_id": doc["id"]},
+                "reminder not ours or not due, or changed since it was claimed; not sent by "
+                "this claim",
+                extra={"notification_id": claimed["id"]},
             )
             return False
+        stored, _ = written
         log.info(
             "reminder handed to the outbox",
             extra={
-                "notification_id": doc["id"],
-                "send_at": doc["send_at"],
-                "idempotency_key": job["idempotency_key"],
-                "request_id": doc.get("request_id"),
+                "notification_id": stored["id"],
+                "send_at": stored["send_at"],
+                "idempotency_key": domain.reminder_key(stored["id"], stored["version"]),
+                "request_id": stored.get("request_id"),
             },
         )
         return True
@@ -219,10 +198,6 @@ class ReminderDispatcher:
         total = 0
         while True:
             claimed = self.claim()
-            if claimed and self.pause_after_claim:
-                # Fault injection for crash tests: hold the claims for a while.
-                log.warning("holding claims", extra={"seconds": self.pause_after_claim})
-                time.sleep(self.pause_after_claim)
             handed = self.hand_over(claimed)
             if handed and self.on_handed_over is not None:
                 self.on_handed_over()
@@ -234,17 +209,16 @@ class ReminderDispatcher:
         """Seconds until the next round: the interval, or less when a scheduled reminder
         falls due sooner."""
         now = self.clock()
-        page = self.coll.find(
-            Query(
-                where={"status": domain.SCHEDULED, "send_at": Range(gt=format_time(now))},
-                sort=(("send_at", 1),),
-                limit=1,
-            )
-        )
-        if not page.items:
+        upcoming = self.reminders.next_scheduled_after(format_time(now))
+        if upcoming is None:
             return self.interval
-        until = (parse_time(page.items[0]["send_at"]) - now).total_seconds()
+        until = (parse_time(upcoming["send_at"]) - now).total_seconds()
         return max(0.0, min(self.interval, until))
+
+    def dispatch_round(self) -> float:
+        """One round of :meth:`run`: everything due handed over; returns :meth:`next_wait`."""
+        self.run_once()
+        return self.next_wait()
 
     def run(self, stop: threading.Event) -> None:
         """Dispatch until ``stop`` is set; errors (a locked or lost store) are logged and
@@ -253,22 +227,9 @@ class ReminderDispatcher:
             "dispatcher started",
             extra={"owner": self.owner, "interval": self.interval, "batch": self.batch},
         )
-        failures = 0
-        while not stop.is_set():
-            try:
-                self.run_once()
-                wait = self.next_wait()
-                failures = 0
-            except Exception as exc:
-                wait = backoff_delay(failures, 0.2, 10.0)
-                failures += 1
-                log.warning(
-                    "dispatch round failed; retrying",
-                    exc_info=True,
-                    extra={"error": repr(exc), "retry_in_seconds": round(wait, 2)},
-                )
-            if wait > 0:
-                stop.wait(wait)
+        run_rounds(
+            self.dispatch_round, stop, what="dispatch round", logger=log, backoff=Backoff(0.2, 10.0)
+        )
         log.info("dispatcher stopped", extra={"owner": self.owner})
 
 
@@ -311,9 +272,14 @@ class WakeableRelay:
         log.info("dispatcher relay stopped")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    dispatcher_type: type[ReminderDispatcher] = ReminderDispatcher,
+) -> int:
     """``python -m services.notifications.dispatcher``: dispatch due reminders every
-    ``DISPATCH_INTERVAL`` until SIGTERM/SIGINT; returns the exit code."""
+    ``DISPATCH_INTERVAL`` until SIGTERM/SIGINT (with a ``dispatcher_type`` of the caller's
+    choosing: tests run a subclass); returns the exit code."""
     parser = argparse.ArgumentParser(description="Send due reminders as email jobs.")
     parser.add_argument("--lease", type=float, default=DEFAULT_LEASE_SECONDS, help="seconds")
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH)
@@ -321,12 +287,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--relay-lease", type=float, default=DEFAULT_RELAY_LEASE_SECONDS, help="seconds"
     )
     parser.add_argument("--exchange", default=EXCHANGE, help="topic exchange (tests)")
-    parser.add_argument(
-        "--pause-after-claim",
-        type=float,
-        default=0.0,
-        help="fault injection for crash tests: hold each batch of claims this many seconds",
-    )
     args = parser.parse_args(argv)
     settings = Settings.from_env("notifications")
     configure_logging("dispatcher", settings.log_level)
@@ -338,14 +298,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = open_store(settings, "notifications")
 
     def dispatch_loop(stop: threading.Event) -> None:
-        ReminderDispatcher(
+        dispatcher_type(
             store,
             owner=owner,
             lease_seconds=args.lease,
             batch=args.batch,
             interval=settings.dispatch_interval,
             on_handed_over=relay.wake,
-            pause_after_claim=args.pause_after_claim,
         ).run(stop)
 
     def relay_loop(stop: threading.Event) -> None:

@@ -4,16 +4,22 @@ A reminder (a *notification*) asks for one email about one event at ``send_at``.
 either at an absolute time (``send_at``) or as a duration ``before`` the event's start; a
 ``before``-style reminder follows its event when the start moves.
 
-Life cycle::
+Life cycle, each arrow a pure function here that returns the changes to write (or None when
+the step does not apply); the dispatcher, the message handlers and the use cases write them::
 
-    scheduled --(dispatcher: due, claimed, job handed to the outbox)--> sending
-    sending   --(email.sent)--> sent          sending --(email.failed)--> failed
-    scheduled --(event deleted)--> cancelled
+    scheduled --(claimed_for_sending: due, claimed, job handed to the outbox)--> sending
+    sending   --(record_outcome: email.sent)--> sent
+    sending   --(record_outcome: email.failed)--> failed
+    scheduled --(cancelled: event deleted)--> cancelled
+    scheduled --(reminder_changes: PATCH, follow_event: event updated)--> scheduled
 
 Only a ``scheduled`` reminder can be changed. The dispatcher claims a due reminder with a lease
 (``lease_owner``/``lease_until``) while it stays ``scheduled``; every other write to a reminder
 releases any lease (``lease_until`` back to :data:`NO_LEASE`) and bumps the version, so a
 dispatcher whose claim went stale finds a different version and changes nothing.
+
+A broken rule is an :mod:`eventpost.errors` error: :class:`~eventpost.errors.Invalid` naming
+the field at fault, :class:`NotChangeable` (409) for a reminder past ``scheduled``.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from eventpost.timeutil import format_time, parse_time
+from eventpost.contracts import EmailFailed, EmailJob, EmailSent
+from eventpost.errors import Conflict, Invalid, InvalidMany
+from eventpost.timeutil import format_time, parse_rfc3339, parse_time
 
 SCHEDULED = "scheduled"
 SENDING = "sending"
@@ -35,6 +43,9 @@ STATUSES = (SCHEDULED, SENDING, SENT, FAILED, CANCELLED)
 #: ``lease_until`` of a reminder nobody holds: earlier than any real time, so "the lease has
 #: ended" is one range condition (``lease_until < now``) for fresh and expired claims alike.
 NO_LEASE = format_time(datetime(1970, 1, 1, tzinfo=UTC))
+
+#: The fields of a write that releases any dispatcher's lease (every write but a claim does).
+RELEASED_LEASE: Mapping[str, Any] = {"lease_owner": None, "lease_until": NO_LEASE}
 
 #: The longest duration accepted for ``before`` and ``delay`` (about ten years).
 MAX_DURATION = timedelta(days=3660)
@@ -50,21 +61,14 @@ _DURATION = re.compile(
 )
 
 
-class RuleError(ValueError):
-    """A request breaks a rule; ``field`` names the input at fault."""
+class NotChangeable(Conflict):
+    """409: the reminder is no longer ``scheduled``, so it cannot be changed."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
-
-
-class NotChangeable(Exception):
-    """The reminder is no longer ``scheduled``, so it cannot be changed."""
-
-    def __init__(self, status: str) -> None:
-        super().__init__(f"the reminder is {status}, only a scheduled one can be changed")
-        self.status = status
+    def __init__(self, reminder_status: str) -> None:
+        super().__init__(
+            f"The reminder is {reminder_status}; only a scheduled reminder can be changed."
+        )
+        self.reminder_status = reminder_status
 
 
 # -- durations --------------------------------------------------------------------------------
@@ -74,18 +78,18 @@ def parse_duration(value: str, field: str) -> timedelta:
     """An ISO 8601 duration (``PT2H``, ``P1D``, ``P1DT12H``, ``PT90M``, ``P2W``) as a timedelta.
 
     Years and months are refused (they have no fixed length; use days), so are negative and
-    empty durations and anything over :data:`MAX_DURATION`. Raises :class:`RuleError`.
+    empty durations and anything over :data:`MAX_DURATION`. Raises :class:`Invalid`.
     """
     text = value.strip().upper() if isinstance(value, str) else ""
     if text.startswith("-"):
-        raise RuleError(field, "a negative duration is not allowed")
+        raise Invalid("a negative duration is not allowed", field)
     match = _DURATION.match(text)
     if match is None or text in ("P", "PT") or text.endswith("T"):
         if text.startswith("P") and any(c in text[1:].split("T", 1)[0] for c in "YM"):
-            raise RuleError(
-                field, "years and months have no fixed length; give days instead (e.g. P30D)"
+            raise Invalid(
+                "years and months have no fixed length; give days instead (e.g. P30D)", field
             )
-        raise RuleError(field, "must be an ISO 8601 duration such as PT2H, P1D or P1DT30M")
+        raise Invalid("must be an ISO 8601 duration such as PT2H, P1D or P1DT30M", field)
     parts = match.groupdict()
     seconds = float((parts["seconds"] or "0").replace(",", "."))
     try:
@@ -97,9 +101,9 @@ def parse_duration(value: str, field: str) -> timedelta:
             seconds=seconds,
         )
     except OverflowError:
-        raise RuleError(field, "the duration is too long") from None
+        raise Invalid("the duration is too long", field) from None
     if duration > MAX_DURATION:
-        raise RuleError(field, "the duration is too long (at most 3660 days)")
+        raise Invalid("the duration is too long (at most 3660 days)", field)
     return duration
 
 
@@ -163,17 +167,17 @@ def verified_addresses(user: Mapping[str, Any]) -> list[str]:
 def choose_email(user: Mapping[str, Any], requested: str | None) -> str:
     """The address a reminder goes to: ``requested`` if it is one of the caller's verified
     addresses (compared case-insensitively, returned as the account spells it), else the
-    primary when nothing was requested. Raises :class:`RuleError`."""
+    primary when nothing was requested. Raises :class:`Invalid`."""
     addresses = verified_addresses(user)
     if requested is None:
         if not addresses:
-            raise RuleError("email", "the account has no primary address")
+            raise Invalid("the account has no primary address", "email")
         return addresses[0]
     wanted = requested.strip().casefold()
     for address in addresses:
         if address.casefold() == wanted:
             return address
-    raise RuleError("email", "must be a verified address of your account")
+    raise Invalid("must be a verified address of your account", "email")
 
 
 # -- times ----------------------------------------------------------------------------------
@@ -187,7 +191,7 @@ def send_time_before(starts_at: str, before: timedelta) -> str:
 def require_future(send_at: str, now: datetime, field: str) -> None:
     """A reminder must be set for a time still to come."""
     if parse_time(send_at) <= now:
-        raise RuleError(field, "the reminder time is in the past")
+        raise Invalid("the reminder time is in the past", field)
 
 
 def check_text(field: str, value: str | None, limit: int, *, single_line: bool) -> None:
@@ -195,13 +199,55 @@ def check_text(field: str, value: str | None, limit: int, *, single_line: bool) 
     if value is None:
         return
     if single_line and not value.strip():
-        raise RuleError(field, "must not be empty")
+        raise Invalid("must not be empty", field)
     if len(value) > limit:
-        raise RuleError(field, f"must be at most {limit} characters")
+        raise Invalid(f"must be at most {limit} characters", field)
     if single_line and ("\r" in value or "\n" in value):
-        raise RuleError(field, "must be a single line")
+        raise Invalid("must be a single line", field)
     if any(ord(ch) < 32 and ch not in "\r\n\t" for ch in value):
-        raise RuleError(field, "must not contain control characters")
+        raise Invalid("must not contain control characters", field)
+
+
+def parse_send_at(value: str, field: str) -> str:
+    """A time the client gave (RFC 3339 with an offset) in stored form, or
+    :class:`Invalid` about ``field``."""
+    try:
+        return format_time(parse_rfc3339(value))
+    except ValueError:
+        raise Invalid(
+            "must be an RFC 3339 time with an offset, e.g. 2026-12-01T20:00:00+01:00", field
+        ) from None
+
+
+def require_one_time(send_at: str | None, before: str | None) -> None:
+    """A new reminder names exactly one of ``send_at`` and ``before`` (a 422 about both)."""
+    if (send_at is None) == (before is None):
+        message = "give exactly one of send_at and before"
+        error = InvalidMany([Invalid(message, "send_at"), Invalid(message, "before")])
+        error.detail = "Give exactly one of send_at and before."
+        raise error
+
+
+def parse_patch(sent: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields a PATCH sent, times parsed as :func:`reminder_changes` takes them
+    (``send_at`` in stored form, ``before`` / ``delay`` as timedelta); none of the three may
+    be null."""
+    patch = dict(sent)
+    for name in ("send_at", "before", "delay"):
+        if name in patch and patch[name] is None:
+            raise Invalid("must not be null", name)
+    if "send_at" in patch:
+        patch["send_at"] = parse_send_at(patch["send_at"], "send_at")
+    for name in ("before", "delay"):
+        if name in patch:
+            patch[name] = parse_duration(patch[name], name)
+    return patch
+
+
+def require_changeable(current: Mapping[str, Any]) -> None:
+    """Only a ``scheduled`` reminder can be changed (else :class:`NotChangeable`)."""
+    if current["status"] != SCHEDULED:
+        raise NotChangeable(current["status"])
 
 
 # -- commands -------------------------------------------------------------------------------
@@ -223,9 +269,9 @@ def new_reminder(
     request_id: str | None,
 ) -> dict[str, Any]:
     """A new ``scheduled`` reminder document (``send_at`` already in stored form), or
-    :class:`RuleError`. Exactly one of ``send_at`` and ``before`` must be given."""
+    :class:`Invalid`. Exactly one of ``send_at`` and ``before`` must be given."""
     if (send_at is None) == (before is None):
-        raise RuleError("send_at", "give exactly one of send_at and before")
+        raise Invalid("give exactly one of send_at and before", "send_at")
     check_text("subject", subject, SUBJECT_MAX, single_line=True)
     check_text("message", message, MESSAGE_MAX, single_line=False)
     snapshot = event_snapshot(event)
@@ -254,8 +300,7 @@ def new_reminder(
         "created_at": stamp,
         "updated_at": stamp,
         "event": snapshot,
-        "lease_owner": None,
-        "lease_until": NO_LEASE,
+        **RELEASED_LEASE,
         "request_id": request_id,
     }
 
@@ -270,7 +315,7 @@ def reminder_changes(
     request_id: str | None = None,
 ) -> dict[str, Any]:
     """The fields a PATCH changes on a ``scheduled`` reminder, or :class:`NotChangeable` /
-    :class:`RuleError`.
+    :class:`Invalid`.
 
     ``patch`` holds the fields the client sent, durations already parsed: ``send_at`` (stored
     form), ``before`` / ``delay`` (timedelta), ``email``, ``subject``, ``message`` (None resets
@@ -283,11 +328,10 @@ def reminder_changes(
       its event with ``before`` shortened by the delay; if that would put it after the event's
       start, it becomes absolute.
     """
-    if current["status"] != SCHEDULED:
-        raise NotChangeable(current["status"])
+    require_changeable(current)
     given = [name for name in ("send_at", "before", "delay") if name in patch]
     if len(given) > 1:
-        raise RuleError(given[1], f"give only one of send_at, before and delay (got {given})")
+        raise Invalid(f"give only one of send_at, before and delay (got {given})", given[1])
     changes: dict[str, Any] = {}
     snapshot = dict(current["event"])
     if event is not None:
@@ -295,7 +339,7 @@ def reminder_changes(
         changes["event"] = snapshot
     for name in ("send_at", "before", "delay"):
         if name in patch and patch[name] is None:
-            raise RuleError(name, "must not be null")
+            raise Invalid("must not be null", name)
     if "send_at" in patch:
         require_future(patch["send_at"], now, "send_at")
         changes.update(send_at=patch["send_at"], before=None, before_seconds=None)
@@ -319,7 +363,7 @@ def reminder_changes(
                 changes.update(before=None, before_seconds=None)
     if "email" in patch:
         if user is None:
-            raise RuleError("email", "the caller's addresses are unknown")
+            raise Invalid("the caller's addresses are unknown", "email")
         changes["email"] = choose_email(user, patch["email"])
     if "subject" in patch:
         subject = patch["subject"]
@@ -331,9 +375,7 @@ def reminder_changes(
     if "message" in patch:
         check_text("message", patch["message"], MESSAGE_MAX, single_line=False)
         changes["message"] = patch["message"]
-    changes.update(
-        updated_at=format_time(now), lease_owner=None, lease_until=NO_LEASE, request_id=request_id
-    )
+    changes.update(RELEASED_LEASE, updated_at=format_time(now), request_id=request_id)
     return changes
 
 
@@ -371,8 +413,78 @@ def follow_event(
             changes["send_at"] = send_at
     if not changes:
         return None
-    changes.update(updated_at=format_time(now), lease_owner=None, lease_until=NO_LEASE)
+    changes.update(RELEASED_LEASE, updated_at=format_time(now))
     return changes
+
+
+# -- dispatch and outcomes ------------------------------------------------------------------
+
+
+def claimed_for_sending(
+    claimed: Mapping[str, Any], *, owner: str, now: datetime
+) -> dict[str, Any] | None:
+    """scheduled -> sending: the changes that hand a reminder ``owner`` claimed over to the
+    outbox, or None when it is not ``scheduled``, the claim is not ``owner``'s or the
+    reminder is not due (a clock set back: never send early). Written with the reminder's
+    :func:`reminder_job` in one write, conditional on the version the claim returned."""
+    if (
+        claimed["status"] != SCHEDULED
+        or claimed.get("lease_owner") != owner
+        or parse_time(claimed["send_at"]) > now
+    ):
+        return None
+    stamp = format_time(now)
+    return {
+        "status": SENDING,
+        **RELEASED_LEASE,
+        "dispatched_at": stamp,
+        "dispatched_by": owner,
+        "updated_at": stamp,
+    }
+
+
+def sending_version(claimed: Mapping[str, Any]) -> int:
+    """The version the reminder will have once handed over (the store bumps it by one on
+    every write): the version its job and the job's outcome name."""
+    return int(claimed["version"]) + 1
+
+
+def record_outcome(
+    current: Mapping[str, Any] | None,
+    outcome: EmailSent | EmailFailed,
+    *,
+    version: int,
+    now: datetime,
+    reported_at: str,
+) -> dict[str, Any] | None:
+    """sending -> sent / failed: the changes the outcome of the job of the reminder's
+    ``sending`` version ``version`` makes, or None when it does not apply (the reminder is
+    gone, the outcome already recorded, or it is for another version). ``reported_at`` (the
+    outcome message's time) stands in for a ``sent_at`` that is not a time."""
+    if current is None or current["status"] != SENDING or current["version"] != version:
+        return None
+    changes: dict[str, Any] = {"attempts": outcome.attempts, "updated_at": format_time(now)}
+    if isinstance(outcome, EmailSent):
+        changes.update(status=SENT, sent_at=_time_or(outcome.sent_at, reported_at), last_error=None)
+    else:
+        error = outcome.error[:1000] if outcome.error else "the email could not be delivered"
+        changes.update(status=FAILED, last_error=error)
+    return changes
+
+
+def cancelled(current: Mapping[str, Any] | None, *, now: datetime) -> dict[str, Any] | None:
+    """scheduled -> cancelled (its event was deleted): the changes, or None for a reminder
+    that is gone or past ``scheduled``. Written with its :func:`cancelled_job`."""
+    if current is None or current["status"] != SCHEDULED:
+        return None
+    return {"status": CANCELLED, **RELEASED_LEASE, "updated_at": format_time(now)}
+
+
+def _time_or(value: str, default: str) -> str:
+    try:
+        return format_time(parse_time(value))
+    except ValueError:
+        return default
 
 
 # -- email jobs -----------------------------------------------------------------------------
@@ -396,42 +508,42 @@ def _job_event(snapshot: Mapping[str, Any]) -> dict[str, Any]:
     return event
 
 
-def reminder_job(reminder: Mapping[str, Any], version: int) -> dict[str, Any]:
+def reminder_job(reminder: Mapping[str, Any], version: int) -> EmailJob:
     """The ``email.send`` job of a due reminder whose ``sending`` version is ``version``:
     the ``reminder`` template names the event, its start (rendered readable by the
     email-sender) and its place; the outcome comes back with the correlation."""
-    return {
-        "to": reminder["email"],
-        "idempotency_key": reminder_key(reminder["id"], version),
-        "template": REMINDER_TEMPLATE,
-        "subject": reminder["subject"],
-        "context": {
+    return EmailJob(
+        to=reminder["email"],
+        idempotency_key=reminder_key(reminder["id"], version),
+        template=REMINDER_TEMPLATE,
+        subject=reminder["subject"],
+        context={
             "event": _job_event(reminder["event"]),
             "message": reminder.get("message"),
             "event_id": reminder["event_id"],
             "notification_id": reminder["id"],
         },
-        "correlation": {"notification_id": reminder["id"], "version": version},
-    }
+        correlation={"notification_id": reminder["id"], "version": version},
+    )
 
 
-def cancelled_job(reminder: Mapping[str, Any], event: Mapping[str, Any] | None) -> dict[str, Any]:
+def cancelled_job(reminder: Mapping[str, Any], event: Mapping[str, Any] | None) -> EmailJob:
     """The ``email.send`` job telling a reminder's owner that its event was cancelled
     (``event`` is the deleted event's JSON when the message carried it, else the reminder's
     snapshot is used). One per reminder: key ``event_cancelled:<reminder id>``."""
     snapshot = reminder["event"]
     if event and event.get("title") and event.get("starts_at"):
         snapshot = event_snapshot(event)
-    return {
-        "to": reminder["email"],
-        "idempotency_key": f"event_cancelled:{reminder['id']}",
-        "template": CANCELLED_TEMPLATE,
-        "context": {
+    return EmailJob(
+        to=reminder["email"],
+        idempotency_key=f"event_cancelled:{reminder['id']}",
+        template=CANCELLED_TEMPLATE,
+        context={
             "event": _job_event(snapshot),
             "event_id": reminder["event_id"],
             "notification_id": reminder["id"],
         },
-    }
+    )
 
 
 def public_view(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import pytest
 from email_sender.handlers import IDEMPOTENCY_HEADER
 from eventpost.storage.sqlite import SqliteStore
 from eventpost.timeutil import parse_time
-from services.notifications.store import notifications
+from services.notifications.store import NotificationsStore
 
 PASSWORD = "correct horse 1"
 FIELDS = {
@@ -378,7 +378,7 @@ def test_a_deleted_account_takes_its_reminders_along(suite, event):
     store = SqliteStore(Path(suite.data_dir) / "notifications.sqlite3")
     try:
         deadline = time.monotonic() + 15
-        while notifications(store).get(nid) is not None:
+        while NotificationsStore(store).collection.get(nid) is not None:
             assert time.monotonic() < deadline, "the reminder outlived its owner"
             time.sleep(0.1)
     finally:

@@ -22,7 +22,7 @@ from devtools.smtp_sink import Mailbox, SmtpSink
 from email_sender.handlers import IDEMPOTENCY_HEADER
 from eventpost.storage.sqlite import SqliteStore
 from eventpost.timeutil import utcnow
-from services.notifications.store import notifications
+from services.notifications.store import NotificationsStore
 from tests.integration._amqp import Broker, broker, unique, wait_until
 from tests.integration.test_dispatcher_support import (
     dispatcher,
@@ -41,7 +41,7 @@ COUNT = 300
 
 def test_broker_unreachable_mid_dispatch_loses_nothing(broker: Broker, tmp_path: Path):
     store = SqliteStore(tmp_path / "notifications.sqlite3")
-    coll = notifications(store)
+    coll = NotificationsStore(store).collection
     mailbox = Mailbox(tmp_path / "mail")
     real = urlsplit(broker.url)
     sender_queue = broker.queue_name("email-sender")

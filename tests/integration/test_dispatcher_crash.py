@@ -20,7 +20,7 @@ from email_sender.handlers import IDEMPOTENCY_HEADER
 from eventpost.storage import Range
 from eventpost.storage.sqlite import SqliteStore
 from eventpost.timeutil import format_time, utcnow
-from services.notifications.store import notifications
+from services.notifications.store import NotificationsStore
 from tests.integration._amqp import Broker, broker, wait_until
 from tests.integration.test_dispatcher_support import (
     dispatcher,
@@ -39,7 +39,6 @@ __all__ = ["broker"]
 @pytest.fixture
 def store(tmp_path: Path):
     s = SqliteStore(tmp_path / "notifications.sqlite3")
-    notifications(s)
     yield s
     s.close()
 
@@ -71,8 +70,8 @@ def test_sigkill_while_holding_200_claims_then_restart(broker: Broker, store, tm
     ids = seed(store, 200, due_now)
     env = env_for(tmp_path, broker.url)
     common = ("--exchange", broker.exchange, "--lease", "3", "--batch", "200")
-    first = dispatcher("dispatcher-1", env, tmp_path, *common, "--pause-after-claim", "120")
-    coll = notifications(store)
+    first = dispatcher("dispatcher-1", env, tmp_path, *common, pause_after_claim=120)
+    coll = NotificationsStore(store).collection
 
     def holding() -> int:
         return coll.count({"status": "scheduled", "lease_until": Range(gt=format_time(utcnow()))})
@@ -100,8 +99,11 @@ def test_two_dispatchers_over_1000_due_reminders(broker: Broker, store, tmp_path
     env = env_for(tmp_path, broker.url)
     # A short hold after each claim leaves the store to the other dispatcher meanwhile, so
     # the two really claim side by side (else the first awake may take everything at once).
-    common = ("--exchange", broker.exchange, "--batch", "20", "--pause-after-claim", "0.02")
-    parts = [dispatcher(f"dispatcher-{n}", env, tmp_path, *common) for n in (1, 2)]
+    common = ("--exchange", broker.exchange, "--batch", "20")
+    parts = [
+        dispatcher(f"dispatcher-{n}", env, tmp_path, *common, pause_after_claim=0.02)
+        for n in (1, 2)
+    ]
     try:
         for part in parts:
             wait_until(lambda p=part: "dispatcher started" in p.log(), timeout=30, what="start")
@@ -115,7 +117,7 @@ def test_two_dispatchers_over_1000_due_reminders(broker: Broker, store, tmp_path
     assert codes == [0, 0]
     assert len(keys) == 1000 and duplicates(keys) == {}
     assert sorted(k.split(":")[1] for k in keys) == sorted(ids)
-    coll = notifications(store)
+    coll = NotificationsStore(store).collection
     by = [coll.get(i)["dispatched_by"] for i in ids]
     assert len(set(by)) == 2, "both dispatchers should have taken a share"
 
@@ -165,4 +167,4 @@ def test_repeated_sigkill_mid_dispatch_delivers_each_email_once(broker: Broker, 
     keys = Counter(str(m[IDEMPOTENCY_HEADER]) for m in mailbox.messages())
     assert {k: n for k, n in keys.items() if n > 1} == {}
     assert sorted(k.split(":")[1] for k in keys) == sorted(ids)
-    assert notifications(store).count({"status": "sending"}) == count
+    assert NotificationsStore(store).collection.count({"status": "sending"}) == count

@@ -21,7 +21,7 @@ from pathlib import Path
 from eventpost.storage.sqlite import SqliteStore
 from eventpost.timeutil import format_time, utcnow
 from services.notifications import domain
-from services.notifications.store import notifications
+from services.notifications.store import NotificationsStore
 from tests.integration._amqp import REPO_ROOT, Broker
 
 EVENT = {
@@ -38,7 +38,7 @@ def seed(
 ) -> list[str]:
     """``count`` scheduled reminders (one transaction), reminder ``i`` due at ``send_at(i)``;
     each to ``<prefix><i>@example.com``."""
-    coll = notifications(store)
+    coll = NotificationsStore(store).collection
     ids = []
     with store.transaction():
         for i in range(count):
@@ -127,8 +127,18 @@ def env_for(data_dir: Path, amqp_url: str, **extra: str) -> dict[str, str]:
     }
 
 
-def dispatcher(name: str, env: dict[str, str], log_dir: Path, *args: str) -> Part:
-    return Part(name, ["-m", "services.notifications.dispatcher", *args], env, log_dir)
+def dispatcher(
+    name: str, env: dict[str, str], log_dir: Path, *args: str, pause_after_claim: float = 0.0
+) -> Part:
+    """``python -m services.notifications.dispatcher``; with ``pause_after_claim``, the test
+    dispatcher of :mod:`tests.integration.pausing_dispatcher` that holds each batch of claims
+    that many seconds."""
+    if pause_after_claim:
+        module = ["tests.integration.pausing_dispatcher", "--pause-after-claim"]
+        argv = ["-m", *module, str(pause_after_claim), *args]
+    else:
+        argv = ["-m", "services.notifications.dispatcher", *args]
+    return Part(name, argv, env, log_dir)
 
 
 def worker(name: str, env: dict[str, str], log_dir: Path, *args: str) -> Part:

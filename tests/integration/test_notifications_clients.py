@@ -9,10 +9,10 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import falcon
 import pytest
 
 from eventpost.discovery import Discovery
+from eventpost.errors import Unauthenticated, Unavailable
 from services.notifications.clients import HttpUpstreams, UnknownEvent
 
 
@@ -93,15 +93,17 @@ def test_callers_token_is_forwarded_to_users(upstream):
     assert me["email"] == "a@example.com"
     assert Upstream.seen[-1]["authorization"] == "Bearer good"
     assert Upstream.seen[-1]["x-request-id"] == "rid-8"
-    with pytest.raises(falcon.HTTPUnauthorized):
+    with pytest.raises(Unauthenticated) as err:
         client.get_me("Bearer revoked", request_id=None)
+    assert err.value.headers == {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 
 
 def test_upstream_errors_timeouts_and_outages_are_503(upstream):
     client = HttpUpstreams(At(upstream), timeout=0.3)
     for event_id in ("boom", "slow"):
-        with pytest.raises(falcon.HTTPServiceUnavailable):
+        with pytest.raises(Unavailable) as err:
             client.get_event(event_id, request_id=None)
+        assert err.value.headers == {"Retry-After": "2"}
     down = HttpUpstreams(At("http://127.0.0.1:9"), timeout=0.3)
-    with pytest.raises(falcon.HTTPServiceUnavailable):
+    with pytest.raises(Unavailable):
         down.get_me("Bearer good", request_id=None)

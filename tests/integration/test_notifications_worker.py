@@ -17,7 +17,7 @@ from eventpost.settings import Settings
 from eventpost.storage.sqlite import SqliteStore
 from eventpost.timeutil import utcnow
 from services.notifications import domain
-from services.notifications.store import notifications
+from services.notifications.store import NotificationsStore
 from services.notifications.worker import build_worker
 from tests.integration._amqp import Broker, broker, unique, wait_until
 from tests.integration.test_dispatcher_support import EVENT
@@ -41,7 +41,7 @@ def reminder(store, rid: str, owner: str, *, before=None, send_at=None):
         now=utcnow(),
         request_id="create",
     )
-    return notifications(store).insert(doc)
+    return NotificationsStore(store).collection.insert(doc)
 
 
 def test_worker_follows_cancels_and_forgets(broker: Broker, tmp_path: Path):
@@ -49,7 +49,7 @@ def test_worker_follows_cancels_and_forgets(broker: Broker, tmp_path: Path):
         service="notifications", data_dir=tmp_path, amqp_url=broker.url, retry_delays=(0.5,)
     )
     store = SqliteStore(tmp_path / "notifications.sqlite3")
-    coll = notifications(store)
+    coll = NotificationsStore(store).collection
     rel = reminder(store, "rel", "ann", before=timedelta(hours=1))
     absolute = reminder(store, "abs", "bob", send_at="2029-06-01T10:00:00.000000Z")
     reminder(store, "gone", "carl", before=timedelta(days=1))

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.notifications.store import notifications
+from eventpost.errors import Unavailable
+from services.notifications.store import NotificationsStore
 from tests.unit.test_notifications_support import any_store, api  # noqa: F401 - fixtures
 
 EV = "ev1"
@@ -55,7 +56,7 @@ def test_create_with_before(api, ann):  # noqa: F811
     # the request ID travelled to both upstream calls
     assert ("event", "req-create-1") in api.others.calls
     assert ("me", "req-create-1") in api.others.calls
-    stored = notifications(api.store).get(body["id"])
+    stored = NotificationsStore(api.store).collection.get(body["id"])
     assert stored["owner"] == "ann" and stored["request_id"] == "req-create-1"
 
 
@@ -103,7 +104,7 @@ def test_create_refuses_invalid(api, ann, body, field):  # noqa: F811
     assert resp.status_code == 422, resp.text
     assert resp.headers["Content-Type"].startswith("application/problem+json")
     assert field in {e["field"] for e in resp.json["errors"]}
-    assert notifications(api.store).count({}) == 0
+    assert NotificationsStore(api.store).collection.count({}) == 0
 
 
 def test_create_needs_a_token(api, ann):  # noqa: F811
@@ -143,7 +144,7 @@ def test_list_own_soonest_first_with_filters_and_pages(api, ann, bob):  # noqa: 
     # filters
     resp = api.call("GET", "/v1/notifications", ann, params={"event_id": "ev2"})
     assert [i["id"] for i in resp.json["items"]] == [other]
-    notifications(api.store).update(ids[0], {"status": "sent"})
+    NotificationsStore(api.store).collection.update(ids[0], {"status": "sent"})
     resp = api.call("GET", "/v1/notifications", ann, params={"status": "sent"})
     assert [i["id"] for i in resp.json["items"]] == [ids[0]]
     # pages
@@ -251,7 +252,7 @@ def test_patch_refuses_invalid(api, ann, body, field):  # noqa: F811
 @pytest.mark.parametrize("status", ["sending", "sent", "failed", "cancelled"])
 def test_patch_conflicts_once_not_scheduled(api, ann, status):  # noqa: F811
     nid = create(api, ann).json["id"]
-    notifications(api.store).update(nid, {"status": status})
+    NotificationsStore(api.store).collection.update(nid, {"status": status})
     resp = api.call("PATCH", f"/v1/notifications/{nid}", ann, json={"delay": "PT5S"})
     assert resp.status_code == 409
     assert resp.json["status"] == 409
@@ -259,7 +260,7 @@ def test_patch_conflicts_once_not_scheduled(api, ann, status):  # noqa: F811
 
 def test_patch_releases_a_dispatcher_claim(api, ann):  # noqa: F811
     nid = create(api, ann).json["id"]
-    coll = notifications(api.store)
+    coll = NotificationsStore(api.store).collection
     coll.update(nid, {"lease_owner": "d1", "lease_until": "2999-01-01T00:00:00.000000Z"})
     resp = api.call("PATCH", f"/v1/notifications/{nid}", ann, json={"delay": "PT1M"})
     assert resp.status_code == 200
@@ -277,7 +278,7 @@ def test_delete(api, ann):  # noqa: F811
 
 def test_a_sending_reminder_can_be_deleted(api, ann):  # noqa: F811
     nid = create(api, ann).json["id"]
-    notifications(api.store).update(nid, {"status": "sending"})
+    NotificationsStore(api.store).collection.update(nid, {"status": "sending"})
     assert api.call("DELETE", f"/v1/notifications/{nid}", ann).status_code == 204
 
 
@@ -303,15 +304,14 @@ def test_another_users_reminder_is_404_for_every_method(api, ann, bob):  # noqa:
 
 
 def test_upstream_down_is_503(api, ann):  # noqa: F811
-    import falcon
-
     def down(*_args, **_kwargs):
-        raise falcon.HTTPServiceUnavailable(description="events did not answer")
+        raise Unavailable("events did not answer", headers={"Retry-After": "2"})
 
     api.others.get_event = down
     resp = create(api, ann)
     assert resp.status_code == 503
-    assert notifications(api.store).count({}) == 0
+    assert resp.headers["Retry-After"] == "2"
+    assert NotificationsStore(api.store).collection.count({}) == 0
 
 
 @pytest.mark.parametrize(

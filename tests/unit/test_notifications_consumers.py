@@ -12,7 +12,7 @@ from eventpost.timeutil import format_time
 from services.notifications import domain
 from services.notifications.consumers import NotificationHandlers
 from services.notifications.dispatcher import ReminderDispatcher
-from services.notifications.store import notifications
+from services.notifications.store import NotificationsStore
 from tests.unit.test_notifications_domain import EVENT, USER
 from tests.unit.test_notifications_support import Clock, any_store  # noqa: F401
 
@@ -49,7 +49,7 @@ def reminder(
         now=clock(),
         request_id="rid",
     )
-    return notifications(store).insert(doc)
+    return NotificationsStore(store).collection.insert(doc)
 
 
 def deliver(handler, type_, payload, request_id="msg-rid"):
@@ -63,7 +63,7 @@ def sending(store, clock, rid):
     doc = reminder(store, clock, rid, send_at=format_time(clock() + timedelta(seconds=1)))
     clock.advance(seconds=1)
     ReminderDispatcher(store, clock=clock).run_once()
-    sent = notifications(store).get(doc["id"])
+    sent = NotificationsStore(store).collection.get(doc["id"])
     assert sent["status"] == "sending"
     return sent["version"]
 
@@ -78,19 +78,26 @@ def outcome(rid, version, **extra):
     }
 
 
+def sent(rid, version, **extra):
+    """An ``email.sent`` payload as the contract has it (message id and time included)."""
+    return outcome(
+        rid, version, **{"message_id": "<m@x>", "sent_at": "2026-11-01T12:00:01Z", **extra}
+    )
+
+
 def test_email_sent_marks_sent_once(store, clock, handlers):
     version = sending(store, clock, "n1")
     msg = deliver(
         handlers.on_email_outcome,
         "email.sent",
-        outcome("n1", version, sent_at="2026-11-01T12:00:00.500000Z", message_id="<m@x>"),
+        sent("n1", version, sent_at="2026-11-01T12:00:00.500000Z"),
     )
-    doc = notifications(store).get("n1")
+    doc = NotificationsStore(store).collection.get("n1")
     assert doc["status"] == "sent"
     assert doc["sent_at"] == "2026-11-01T12:00:00.500000Z"
     assert doc["attempts"] == 1
     handlers.on_email_outcome(msg)  # redelivery
-    assert notifications(store).get("n1") == doc
+    assert NotificationsStore(store).collection.get("n1") == doc
 
 
 def test_email_failed_records_the_error(store, clock, handlers):
@@ -100,30 +107,30 @@ def test_email_failed_records_the_error(store, clock, handlers):
         "email.failed",
         outcome("n1", version, attempts=4, error="550 mailbox unavailable"),
     )
-    doc = notifications(store).get("n1")
+    doc = NotificationsStore(store).collection.get("n1")
     assert (doc["status"], doc["attempts"], doc["last_error"]) == (
         "failed",
         4,
         "550 mailbox unavailable",
     )
     # a late "sent" for the same job does not overwrite the recorded outcome
-    deliver(handlers.on_email_outcome, "email.sent", outcome("n1", version))
-    assert notifications(store).get("n1")["status"] == "failed"
+    deliver(handlers.on_email_outcome, "email.sent", sent("n1", version))
+    assert NotificationsStore(store).collection.get("n1")["status"] == "failed"
 
 
 def test_outcomes_of_other_versions_or_jobs_are_ignored(store, clock, handlers):
     version = sending(store, clock, "n1")
-    before = notifications(store).get("n1")
-    deliver(handlers.on_email_outcome, "email.sent", outcome("n1", version - 1))
-    deliver(handlers.on_email_outcome, "email.sent", outcome("gone", 3))
-    welcome = {"idempotency_key": "welcome:u1", "to": "a@b.c", "correlation": {}, "attempts": 1}
+    before = NotificationsStore(store).collection.get("n1")
+    deliver(handlers.on_email_outcome, "email.sent", sent("n1", version - 1))
+    deliver(handlers.on_email_outcome, "email.sent", sent("gone", 3))
+    welcome = {**sent("u1", 1), "idempotency_key": "welcome:u1", "correlation": {}}
     deliver(handlers.on_email_outcome, "email.sent", welcome)
-    assert notifications(store).get("n1") == before
+    assert NotificationsStore(store).collection.get("n1") == before
     with pytest.raises(PermanentError):
         deliver(
             handlers.on_email_outcome,
             "email.sent",
-            {**outcome("n1", version), "correlation": {"notification_id": "n1", "version": "x"}},
+            {**sent("n1", version), "correlation": {"notification_id": "n1", "version": "x"}},
         )
 
 
@@ -142,7 +149,7 @@ def test_event_updated_moves_before_style_reminders_only(store, clock, handlers)
         "event.updated",
         {"event": moved, "old_starts_at": EVENT["starts_at"]},
     )
-    coll = notifications(store)
+    coll = NotificationsStore(store).collection
     rel, abs_ = coll.get("rel"), coll.get("abs")
     assert rel["send_at"] == "2026-12-03T18:00:00.000000Z"
     assert rel["subject"] == "Reminder: Jazz night (moved)"
@@ -161,7 +168,7 @@ def test_event_updated_leaves_sent_reminders_alone(store, clock, handlers):
     version = sending(store, clock, "n1")
     moved = {**EVENT, "starts_at": "2026-12-09T20:00:00Z", "updated_at": "2026-10-05T00:00:00Z"}
     deliver(handlers.on_event_change, "event.updated", {"event": moved})
-    assert notifications(store).get("n1")["version"] == version
+    assert NotificationsStore(store).collection.get("n1")["version"] == version
 
 
 def test_event_deleted_cancels_and_tells_each_owner_once(store, clock, handlers):
@@ -175,7 +182,7 @@ def test_event_deleted_cancels_and_tells_each_owner_once(store, clock, handlers)
         {"event_id": EVENT["id"], "event": EVENT},
         request_id="admin-delete",
     )
-    coll = notifications(store)
+    coll = NotificationsStore(store).collection
     assert coll.get("a1")["status"] == coll.get("b1")["status"] == "cancelled"
     assert coll.get("s1")["status"] == "sending"
     jobs = list(store.iter_outbox())[jobs_before:]
@@ -200,8 +207,32 @@ def test_user_deleted_removes_that_users_reminders(store, clock, handlers):
     reminder(store, clock, "b1", owner="b")
     msg = deliver(handlers.on_user_deleted, "user.deleted", {"user_id": "a"})
     handlers.on_user_deleted(msg)
-    coll = notifications(store)
+    coll = NotificationsStore(store).collection
     assert coll.get("a1") is None and coll.get("a2") is None
     assert coll.get("b1") is not None
     with pytest.raises(PermanentError):
         deliver(handlers.on_user_deleted, "user.deleted", {})
+
+
+@pytest.mark.parametrize(
+    ("handler", "type_", "payload"),
+    [
+        ("on_email_outcome", "email.sent", {"correlation": {"notification_id": "n1"}}),
+        ("on_email_outcome", "email.failed", {**outcome("n1", 2), "error": 550}),
+        ("on_event_change", "event.updated", {"event": "not an object"}),
+        ("on_event_change", "event.updated", {"event": {"title": "no id"}}),
+        ("on_event_change", "event.deleted", {"event": EVENT}),
+        ("on_event_change", "event.deleted", {"event_id": 7, "event": EVENT}),
+        ("on_user_deleted", "user.deleted", {"user_id": 7}),
+        ("on_user_deleted", "user.deleted", {"user_id": ""}),
+    ],
+)
+def test_payloads_that_break_their_contract_are_permanent_errors(
+    store, clock, handlers, handler, type_, payload
+):
+    version = sending(store, clock, "n1")
+    before = NotificationsStore(store).collection.get("n1")
+    with pytest.raises(PermanentError):
+        deliver(getattr(handlers, handler), type_, payload)
+    assert NotificationsStore(store).collection.get("n1") == before
+    assert before["version"] == version

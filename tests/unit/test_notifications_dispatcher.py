@@ -13,7 +13,7 @@ from eventpost.storage.sqlite import SqliteStore
 from eventpost.timeutil import format_time
 from services.notifications import domain
 from services.notifications.dispatcher import ReminderDispatcher
-from services.notifications.store import notifications
+from services.notifications.store import NotificationsStore
 from tests.unit.test_notifications_domain import EVENT, USER
 from tests.unit.test_notifications_support import Clock, any_store  # noqa: F401
 
@@ -30,7 +30,7 @@ def clock():
 
 def add(store, clock, n=1, *, in_seconds=0.0, prefix="n"):
     """Reminders set (at clock time) to go out ``in_seconds`` from now."""
-    coll = notifications(store)
+    coll = NotificationsStore(store).collection
     ids = []
     for i in range(n):
         doc = domain.new_reminder(
@@ -66,7 +66,7 @@ def test_due_reminders_become_sending_with_their_job_in_the_outbox(store, clock)
     (nid,) = add(store, clock)
     d = dispatcher(store, clock, owner="d1")
     assert d.run_once() == 1
-    doc = notifications(store).get(nid)
+    doc = NotificationsStore(store).collection.get(nid)
     assert doc["status"] == "sending"
     assert doc["lease_owner"] is None and doc["lease_until"] == domain.NO_LEASE
     (job,) = jobs(store)
@@ -87,7 +87,7 @@ def test_never_before_send_at(store, clock):
     d = dispatcher(store, clock)
     clock.advance(seconds=4.999)
     assert d.run_once() == 0
-    assert notifications(store).get(nid)["status"] == "scheduled"
+    assert NotificationsStore(store).collection.get(nid)["status"] == "scheduled"
     clock.advance(seconds=0.001)
     assert d.run_once() == 1
     assert jobs(store)
@@ -97,7 +97,7 @@ def test_batches_until_everything_due_is_handed_over(store, clock):
     add(store, clock, 25)
     assert dispatcher(store, clock, batch=7).run_once() == 25
     assert len(jobs(store)) == 25
-    assert notifications(store).count({"status": "sending"}) == 25
+    assert NotificationsStore(store).collection.count({"status": "sending"}) == 25
 
 
 def test_two_dispatchers_never_share_a_claim(store, clock):
@@ -132,7 +132,7 @@ def test_a_crashed_dispatchers_claims_return_after_the_lease(store, clock):
 @pytest.mark.parametrize("change", ["cancel", "delete", "patch", "follow"])
 def test_a_reminder_changed_after_the_claim_is_not_sent_by_that_claim(store, clock, change):
     (nid,) = add(store, clock)
-    coll = notifications(store)
+    coll = NotificationsStore(store).collection
     d = dispatcher(store, clock, owner="d1")
     held = d.claim()
     doc = coll.get(nid)
@@ -186,5 +186,16 @@ def test_a_failing_batch_transaction_is_redone_write_by_write(tmp_path, clock):
     assert d.run_once() == 5
     keys = sorted(j["payload"]["idempotency_key"] for j in jobs(store))
     assert [k.split(":")[1] for k in keys] == sorted(ids)
-    assert notifications(store).count({"status": "sending"}) == 5
+    assert NotificationsStore(store).collection.count({"status": "sending"}) == 5
     store.close()
+
+
+def test_the_deployable_dispatcher_has_no_fault_injection(store):
+    """Holding claims on purpose is test tooling (tests/integration/pausing_dispatcher)."""
+    from services.notifications.dispatcher import main
+
+    with pytest.raises(TypeError):
+        ReminderDispatcher(store, pause_after_claim=1.0)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--pause-after-claim", "1"])
+    assert exit_.value.code == 2

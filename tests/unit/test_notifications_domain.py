@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from eventpost.errors import Invalid
 from services.notifications import domain
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -81,10 +82,10 @@ def test_iso_durations_parse(text, expected):
     ],
 )
 def test_bad_durations_are_refused(text, message):
-    with pytest.raises(domain.RuleError) as err:
+    with pytest.raises(Invalid) as err:
         domain.parse_duration(text, "delay")
     assert err.value.field == "delay"
-    assert message in err.value.message
+    assert message in err.value.detail
 
 
 @pytest.mark.parametrize(
@@ -124,17 +125,17 @@ def test_an_absolute_reminder_keeps_its_time():
 
 
 def test_exactly_one_of_send_at_and_before():
-    with pytest.raises(domain.RuleError):
+    with pytest.raises(Invalid):
         make(before=None)
-    with pytest.raises(domain.RuleError):
+    with pytest.raises(Invalid):
         make(send_at="2026-11-20T10:00:00.000000Z")
 
 
 def test_past_times_are_refused():
-    with pytest.raises(domain.RuleError) as err:
+    with pytest.raises(Invalid) as err:
         make(before=None, send_at="2026-11-01T11:59:59.000000Z")
     assert err.value.field == "send_at"
-    with pytest.raises(domain.RuleError) as err:
+    with pytest.raises(Invalid) as err:
         make(before=timedelta(days=40))  # before the event minus 40 days is in the past
     assert err.value.field == "before"
 
@@ -143,15 +144,15 @@ def test_only_verified_addresses_of_the_caller():
     assert make(email="work@example.test")["email"] == "work@example.test"
     assert make(email="ann@example.TEST")["email"] == "Ann@Example.test"
     for address in ("new@example.test", "someone@else.test"):
-        with pytest.raises(domain.RuleError) as err:
+        with pytest.raises(Invalid) as err:
             make(email=address)
         assert err.value.field == "email"
 
 
 def test_subject_must_be_one_line():
-    with pytest.raises(domain.RuleError):
+    with pytest.raises(Invalid):
         make(subject="Hi\r\nBcc: x@y.z")
-    with pytest.raises(domain.RuleError):
+    with pytest.raises(Invalid):
         make(subject="   ")
 
 
@@ -188,7 +189,7 @@ def test_patch_before_uses_the_fresh_event():
 
 def test_patch_refuses_two_times_and_non_scheduled():
     doc = make()
-    with pytest.raises(domain.RuleError):
+    with pytest.raises(Invalid):
         domain.reminder_changes(
             doc, {"send_at": "2026-11-10T00:00:00Z", "delay": timedelta(1)}, now=NOW
         )
@@ -224,7 +225,7 @@ def test_follow_event_ignores_older_copies_and_finished_reminders():
 
 def test_reminder_job_names_event_start_and_place():
     doc = make(message="Buy tickets")
-    job = domain.reminder_job(doc, 3)
+    job = domain.reminder_job(doc, 3).to_payload()
     assert job["to"] == "Ann@Example.test"
     assert job["idempotency_key"] == "reminder:n1:v3"
     assert job["template"] == "reminder"
@@ -238,7 +239,7 @@ def test_reminder_job_names_event_start_and_place():
 
 
 def test_cancelled_job_has_a_key_per_reminder():
-    job = domain.cancelled_job(make(), EVENT)
+    job = domain.cancelled_job(make(), EVENT).to_payload()
     assert job["template"] == "event_cancelled"
     assert job["idempotency_key"] == "event_cancelled:n1"
     assert "correlation" not in job
