@@ -112,6 +112,20 @@ Latitude = Annotated[float, Field(ge=-90, le=90)]
 Longitude = Annotated[float, Field(ge=-180, le=180)]
 
 
+def _not_before(field: str, earlier: str, name: str | None = None) -> Any:
+    """The model validator of a time ``field`` that must not be before the time field
+    ``earlier`` (``name`` in the message; ``earlier`` by default). The fields are validated
+    in order, so ``earlier`` is known by then, unless it was wrong (already named)."""
+
+    def check(cls: type, value: str | None, info: ValidationInfo) -> str | None:
+        start = info.data.get(earlier)
+        if value is not None and start is not None and value < start:
+            raise ValueError(f"must not be before {name or earlier}")
+        return value
+
+    return field_validator(field)(check)
+
+
 # -- request bodies ---------------------------------------------------------------------------
 
 
@@ -142,13 +156,7 @@ class EventIn(StrictModel):
     ends_at: Time | None = None
     place: PlaceIn
 
-    @field_validator("ends_at")
-    @classmethod
-    def _ends_after_start(cls, value: str | None, info: ValidationInfo) -> str | None:
-        starts_at = info.data.get("starts_at")
-        if value is not None and starts_at is not None and value < starts_at:
-            raise ValueError("must not be before starts_at")
-        return value
+    _ends_after_start = _not_before("ends_at", "starts_at")
 
 
 class PlacePatch(StrictModel):
@@ -435,21 +443,13 @@ class SearchQuery(StrictModel):
     limit: Annotated[int, _given_once(parse_limit)] = LIMIT_DEFAULT
     cursor: Annotated[str | None, _given_once(lambda raw: raw or None)] = None
 
-    # The checks of one parameter against another run after the first one's own check
-    # (fields are validated in order): ``info.data`` holds a field checked fine, with None
-    # when it was not given, and lacks one that was wrong (already named).
-
-    @field_validator("to")
-    @classmethod
-    def _not_before_from(cls, value: str | None, info: ValidationInfo) -> str | None:
-        starts_from = info.data.get("starts_from")
-        if value is not None and starts_from is not None and value < starts_from:
-            raise ValueError("must not be before from")
-        return value
+    _to_after_from = _not_before("to", "starts_from", "from")
 
     @field_validator("radius_km", "sort")
     @classmethod
     def _needs_near(cls, value: object, info: ValidationInfo) -> object:
+        # ``info.data`` has the fields before this one that were fine (None when not
+        # given); a wrong ``near`` is missing there, and already named.
         if "near" in info.data and info.data["near"] is None:
             if info.field_name == "radius_km":
                 raise ValueError("needs near")
