@@ -210,18 +210,10 @@ def new_event(body: EventIn, event_id: str, now: datetime) -> dict[str, Any]:
     }
 
 
-EVENT_FIELDS = (
-    "id",
-    "title",
-    "description",
-    "topics",
-    "starts_at",
-    "ends_at",
-    "place",
-    "created_at",
-    "updated_at",
-)
+#: The fields a client may change.
 _EDITABLE = ("title", "description", "topics", "starts_at", "ends_at", "place")
+#: The fields of an event as the API shows it.
+EVENT_FIELDS = ("id", *_EDITABLE, "created_at", "updated_at")
 
 
 def apply_patch(current: Mapping[str, Any], patch: EventPatch) -> dict[str, Any]:
