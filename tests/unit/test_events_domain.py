@@ -301,6 +301,28 @@ def test_every_bad_parameter_is_named_at_once():
     assert fields_of(exc) == {"limit", "near", "sort"}
 
 
+def test_checks_of_one_parameter_against_another_are_named_with_the_rest():
+    with pytest.raises(Invalid) as exc:
+        parse_search(
+            {
+                "from": "2026-12-02T00:00:00Z",
+                "to": "2026-12-01T00:00:00Z",
+                "radius_km": "5",
+                "sort": "distance",
+                "limit": "0",
+                "colour": "red",
+            }
+        )
+    assert exc.value.errors == [
+        {"field": "colour", "message": "unknown query parameter"},
+        {"field": "to", "message": "must not be before from"},
+        {"field": "radius_km", "message": "needs near"},
+        {"field": "sort", "message": "sort=distance needs near"},
+        {"field": "limit", "message": "must be at least 1"},
+    ]
+    assert exc.value.detail == "unknown query parameter"
+
+
 def test_cursor_is_bound_to_its_search():
     search = parse_search({"topic": "jazz"})
     cursor = encode_cursor(search, "inner")
