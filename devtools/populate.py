@@ -20,21 +20,20 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from devtools.samples import sample_events
-from eventpost.contracts import EVENT_CREATED
+from eventpost.contracts import EventCreated
+from eventpost.ids import new_id
 from eventpost.logs import configure_logging
-from eventpost.messaging.envelope import Envelope
 from eventpost.settings import Settings
 from eventpost.storage import open_store
 from eventpost.timeutil import utcnow
 from eventpost.validation import parse_model
 from services.events.domain import EventIn, new_event, to_public
-from services.events.store import EventRepository
+from services.events.store import EventsStore
 
 log = logging.getLogger("devtools.populate")
 
@@ -44,16 +43,16 @@ def documents(bodies: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     now = utcnow()
     for body in bodies:
         event = parse_model(json.dumps(body).encode(), EventIn)
-        yield new_event(event, uuid.uuid4().hex, now)
+        yield new_event(event, new_id(), now)
 
 
 def created_messages(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The outbox message of a new event."""
-    return [Envelope.new(EVENT_CREATED, {"event": to_public(doc)}).to_dict()]
+    """The outbox message of a new event (``event.created``, as the service queues it)."""
+    return [EventCreated(event=to_public(doc)).envelope().to_dict()]
 
 
 def load_direct(
-    repo: EventRepository,
+    events: EventsStore,
     bodies: Iterable[dict[str, Any]],
     *,
     outbox: bool = True,
@@ -67,7 +66,7 @@ def load_direct(
         nonlocal total
         if not chunk:
             return
-        repo.insert_many(chunk, created_messages if outbox else None)
+        events.insert_many(chunk, created_messages if outbox else None)
         total += len(chunk)
         chunk.clear()
 
@@ -135,11 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     bodies = sample_events(args.count, seed=args.seed, days=args.days)
     started = time.perf_counter()
     if args.direct:
-        repo = EventRepository(lambda: open_store(settings, "events"))
+        store = open_store(settings, "events")
         try:
-            count = load_direct(repo, bodies, outbox=not args.no_outbox)
+            count = load_direct(EventsStore(store), bodies, outbox=not args.no_outbox)
         finally:
-            repo.close()
+            store.close()
         where = "MongoDB" if settings.mongodb_url else str(settings.data_dir)
     else:
         if not args.username or not args.password_stdin:

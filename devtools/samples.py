@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+from eventpost.geo import EARTH_RADIUS_KM
+
 # City -> (UTC offset in hours, lat, lng, neighbourhoods used in addresses).
 CITIES: dict[str, tuple[int, float, float, tuple[str, ...]]] = {
     "Paris": (1, 48.8566, 2.3522, ("Le Marais", "Montmartre", "Belleville", "Bastille")),
@@ -55,7 +57,6 @@ TOPICS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 ADJECTIVES = ("Open-air", "Late", "Friday", "Monthly", "Free", "Summer", "Winter", "Cozy")
 VENUES = ("Hall", "Club", "Garden", "Warehouse", "Library", "Cafe", "Studio", "Park", "Loft")
 STREETS = ("Main Street", "Station Road", "River Walk", "Market Square", "Church Lane")
-EARTH_RADIUS_KM = 6371.0088
 
 
 def _offset(lat: float, lng: float, km: float, bearing: float) -> tuple[float, float]:

@@ -1,7 +1,7 @@
 """The events service over HTTP, on the embedded store (``invoke perf-events``).
 
 Loads N sample events (default 100,000: 12 cities, 21 topics, 180 days; see
-services/events/samples.py) straight into a SQLite store in a temporary DATA_DIR, starts the
+devtools/samples.py) straight into a SQLite store in a temporary DATA_DIR, starts the
 events service under gunicorn (1 worker, 8 threads, as the launcher runs it) on a free port,
 and measures, with a keep-alive aiohttp client, at concurrency 1 and 10:
 
@@ -48,7 +48,7 @@ from devtools.populate import load_direct  # noqa: E402
 from devtools.samples import CITIES, TOPICS, sample_events  # noqa: E402
 from eventpost.settings import Settings  # noqa: E402
 from eventpost.storage import open_store  # noqa: E402
-from services.events.store import EventRepository  # noqa: E402
+from services.events.store import EventsStore  # noqa: E402
 
 START = datetime(2026, 1, 5, tzinfo=UTC)
 DAYS = 180
@@ -63,11 +63,13 @@ def free_port() -> int:
 def load(data_dir: Path, count: int) -> list[str]:
     """Fill the events store of ``data_dir``; returns the ids."""
     settings = Settings(service="events", data_dir=data_dir)
-    repo = EventRepository(lambda: open_store(settings))
+    store = open_store(settings, "events")
     started = time.perf_counter()
-    load_direct(repo, sample_events(count, seed=42, start=START, days=DAYS), outbox=False)
+    load_direct(
+        EventsStore(store), sample_events(count, seed=42, start=START, days=DAYS), outbox=False
+    )
     ids = [row[0] for row in _ids(data_dir)]
-    repo.close()
+    store.close()
     print(f"loaded {count} events in {time.perf_counter() - started:.1f} s", flush=True)
     return ids
 

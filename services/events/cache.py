@@ -1,7 +1,7 @@
 """The read cache: rendered answers of ``GET /v1/events`` and ``GET /v1/events/{id}``.
 
 Entries are valid for one *change stamp* (a counter the store bumps in the same transaction
-as every write to events, see :class:`services.events.store.EventRepository`). A reader
+as every write to events, see :class:`services.events.store.EventsStore`). A reader
 reads the stamp first (one primary-key lookup) and uses only entries made under that same
 stamp, so after any write, by any thread or process on the same store, the next read
 recomputes. A client therefore never reads an event older than its own last write. The TTL

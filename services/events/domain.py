@@ -13,16 +13,27 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from eventpost.problems import ValidationProblem, field_error
+from eventpost.errors import Forbidden, Invalid, InvalidMany, PreconditionFailed
 from eventpost.timeutil import format_time, parse_rfc3339, parse_time
 from eventpost.validation import LIMIT_DEFAULT, StrictModel, parse_limit
+
+if TYPE_CHECKING:
+    from eventpost.auth import Claims
 
 TITLE_MAX = 200
 DESCRIPTION_MAX = 5000
@@ -35,11 +46,7 @@ Q_MAX = 200
 RADIUS_DEFAULT_KM = 10.0
 RADIUS_MAX_KM = 20_000.0
 DISTANCE_DECIMALS = 3
-EARTH_RADIUS_KM = 6371.0088
 
-SEARCH_PARAMETERS = frozenset(
-    {"topic", "from", "to", "near", "radius_km", "q", "sort", "limit", "cursor"}
-)
 SORTS = ("starts_at", "distance")
 
 _TOPIC = re.compile(rf"^[a-z0-9](?:[a-z0-9-]{{0,{TOPIC_MAX - 2}}}[a-z0-9])?$")
@@ -105,6 +112,20 @@ Latitude = Annotated[float, Field(ge=-90, le=90)]
 Longitude = Annotated[float, Field(ge=-180, le=180)]
 
 
+def _not_before(field: str, earlier: str, name: str | None = None) -> Any:
+    """The model validator of a time ``field`` that must not be before the time field
+    ``earlier`` (``name`` in the message; ``earlier`` by default). The fields are validated
+    in order, so ``earlier`` is known by then, unless it was wrong (already named)."""
+
+    def check(cls: type, value: str | None, info: ValidationInfo) -> str | None:
+        start = info.data.get(earlier)
+        if value is not None and start is not None and value < start:
+            raise ValueError(f"must not be before {name or earlier}")
+        return value
+
+    return field_validator(field)(check)
+
+
 # -- request bodies ---------------------------------------------------------------------------
 
 
@@ -135,13 +156,7 @@ class EventIn(StrictModel):
     ends_at: Time | None = None
     place: PlaceIn
 
-    @field_validator("ends_at")
-    @classmethod
-    def _ends_after_start(cls, value: str | None, info: ValidationInfo) -> str | None:
-        starts_at = info.data.get("starts_at")
-        if value is not None and starts_at is not None and value < starts_at:
-            raise ValueError("must not be before starts_at")
-        return value
+    _ends_after_start = _not_before("ends_at", "starts_at")
 
 
 class PlacePatch(StrictModel):
@@ -195,23 +210,15 @@ def new_event(body: EventIn, event_id: str, now: datetime) -> dict[str, Any]:
     }
 
 
-EVENT_FIELDS = (
-    "id",
-    "title",
-    "description",
-    "topics",
-    "starts_at",
-    "ends_at",
-    "place",
-    "created_at",
-    "updated_at",
-)
+#: The fields a client may change.
 _EDITABLE = ("title", "description", "topics", "starts_at", "ends_at", "place")
+#: The fields of an event as the API shows it.
+EVENT_FIELDS = ("id", *_EDITABLE, "created_at", "updated_at")
 
 
 def apply_patch(current: Mapping[str, Any], patch: EventPatch) -> dict[str, Any]:
     """The editable fields that ``patch`` changes on ``current`` (empty when nothing
-    changes). Raises :class:`ValidationProblem` when the result would not be a valid event."""
+    changes). Raises :class:`Invalid` (422) when the result would not be a valid event."""
     sent = patch.model_dump(exclude_unset=True)
     merged = {name: current.get(name) for name in _EDITABLE}
     for name, value in sent.items():
@@ -220,26 +227,32 @@ def apply_patch(current: Mapping[str, Any], patch: EventPatch) -> dict[str, Any]
             place.update(value)
             try:
                 checked = PlaceIn.model_validate(place, strict=True)
-            except ValueError as exc:
-                raise _nested_problem("place", exc) from None
+            except ValidationError as exc:
+                raise invalid_fields(exc, prefix="place") from None
             merged["place"] = _place_doc(checked.model_dump())
         elif name == "description":
             merged["description"] = value or ""
         else:
             merged[name] = value
     if merged["ends_at"] is not None and merged["ends_at"] < merged["starts_at"]:
-        raise field_error("ends_at", "must not be before starts_at")
+        raise Invalid("must not be before starts_at", "ends_at")
     return {name: merged[name] for name in _EDITABLE if merged[name] != current.get(name)}
 
 
-def _nested_problem(prefix: str, exc: Exception) -> ValidationProblem:
-    errors = []
-    for err in getattr(exc, "errors", lambda: [])():
-        loc = ".".join(str(part) for part in (prefix, *err["loc"]))
-        errors.append({"field": loc, "message": err["msg"].removeprefix("Value error, ")})
-    if not errors:
-        errors = [{"field": prefix, "message": str(exc)}]
-    return ValidationProblem(errors, detail=errors[0]["message"])
+def invalid_fields(
+    exc: ValidationError, *, prefix: str = "", unknown: str = "unknown field"
+) -> InvalidMany:
+    """pydantic's errors as one 422 naming every field (``prefix.`` before each location),
+    fields the model does not know first (``unknown`` is their message)."""
+    unknowns: list[Invalid] = []
+    problems: list[Invalid] = []
+    for err in exc.errors(include_url=False, include_input=False):
+        field = ".".join(str(part) for part in ((prefix,) if prefix else ()) + err["loc"])
+        if err["type"] == "extra_forbidden":
+            unknowns.append(Invalid(unknown, field))
+        else:
+            problems.append(Invalid(err["msg"].removeprefix("Value error, "), field or "body"))
+    return InvalidMany(sorted(unknowns, key=lambda p: p.field or "") + problems)
 
 
 def next_updated_at(current: Mapping[str, Any], now: datetime) -> str:
@@ -267,13 +280,28 @@ def etag_of(doc: Mapping[str, Any]) -> str:
     return f"v{doc['version']}"
 
 
-def haversine_km(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
-    """Great-circle distance between two points, in km."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp = p2 - p1
-    dl = math.radians(lng2 - lng1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+# -- who may change what ------------------------------------------------------------------------
+
+
+def require_admin(claims: Claims) -> Claims:
+    """``claims`` if they are an admin's: only admins manage events (403 for anyone else)."""
+    if not claims.is_admin:
+        raise Forbidden("Only admins manage events.")
+    return claims
+
+
+def require_if_match(if_match: frozenset[str] | None, current: Mapping[str, Any]) -> None:
+    """412 unless ``If-Match`` holds for ``current`` (strong comparison, RFC 9110 13.1.1).
+
+    ``if_match``: the strong entity tags the header lists (weak ones never match), ``*``
+    included; None when the header was not sent (no precondition)."""
+    if if_match is not None and "*" not in if_match and etag_of(current) not in if_match:
+        raise event_changed()
+
+
+def event_changed() -> PreconditionFailed:
+    """The 412 of an ``If-Match`` that no longer names the event's version."""
+    return PreconditionFailed("The event changed since that ETag was read; GET it again.")
 
 
 # -- search -----------------------------------------------------------------------------------
@@ -309,22 +337,40 @@ class Search:
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+#: Query parameters as Falcon parses them: a repeated parameter arrives as a list.
 Params = Mapping[str, str | list[str]]
+T = TypeVar("T")
 
 
-def _values(params: Params, name: str) -> list[str]:
-    raw = params.get(name)
-    if raw is None:
-        return []
-    return list(raw) if isinstance(raw, list) else [raw]
+def _given_once(convert: Callable[[str], T]) -> PlainValidator:
+    """A query parameter that may be given at most once, made a value by ``convert``."""
+
+    def check(value: object) -> T:
+        if isinstance(value, list):
+            if len(value) != 1:
+                raise ValueError("give this parameter at most once")
+            value = value[0]
+        if not isinstance(value, str):
+            raise ValueError("must be a string")
+        return convert(value)
+
+    return PlainValidator(check)
 
 
-def _single(params: Params, name: str, errors: list[dict[str, str]]) -> str | None:
-    values = _values(params, name)
-    if len(values) > 1:
-        errors.append({"field": name, "message": "give this parameter at most once"})
-        return None
-    return values[0] if values else None
+def _query_topics(value: object) -> tuple[str, ...]:
+    """``topic``: repeatable, each may hold comma-separated topics; normalized, deduplicated."""
+    values = value if isinstance(value, list) else [value]
+    if not all(isinstance(raw, str) for raw in values):
+        raise ValueError("must be a string")
+    topics = tuple(normalize_topics([part for raw in values for part in raw.split(",")]))
+    if len(topics) > QUERY_TOPICS_MAX:
+        raise ValueError(f"at most {QUERY_TOPICS_MAX} topics")
+    return topics
+
+
+def _query_time(raw: str) -> str:
+    # "+01:00" in an unencoded query string arrives as " 01:00".
+    return canonical_time(_SPACE_FOR_PLUS.sub(r"+\1", raw.strip()))
 
 
 def _finite(text: str) -> float:
@@ -334,118 +380,118 @@ def _finite(text: str) -> float:
     return value
 
 
-def parse_search(params: Params) -> Search:
-    """Validate the query parameters of ``GET /v1/events``; every problem found is named in
-    one :class:`ValidationProblem` (422).
+def _point(raw: str) -> tuple[float, float]:
+    try:
+        lat, lng = (_finite(part) for part in raw.split(","))
+    except ValueError:
+        raise ValueError("must be lat,lng (two numbers)") from None
+    if not -90 <= lat <= 90:
+        raise ValueError("latitude must be in [-90, 90]")
+    if not -180 <= lng <= 180:
+        raise ValueError("longitude must be in [-180, 180]")
+    return lat, lng
+
+
+def _radius(raw: str) -> float:
+    try:
+        radius = _finite(raw)
+    except ValueError:
+        raise ValueError("must be a number") from None
+    if not 0 < radius <= RADIUS_MAX_KM:
+        raise ValueError(f"must be > 0 and <= {RADIUS_MAX_KM:g}")
+    return radius
+
+
+def _text_filter(raw: str) -> str | None:
+    text = " ".join(raw.split()) or None
+    if text and len(text) > Q_MAX:
+        raise ValueError(f"must be at most {Q_MAX} characters")
+    return text
+
+
+def _sort(raw: str) -> str:
+    sort = raw or "starts_at"
+    if sort not in SORTS:
+        raise ValueError("must be starts_at or distance")
+    return sort
+
+
+class SearchQuery(StrictModel):
+    """The query parameters of ``GET /v1/events``, by their names in the query string.
 
     Decisions (documented in the OpenAPI file): unknown parameters are refused; ``topic``
-    may repeat and may also hold comma-separated topics; an empty ``q`` means no text
-    filter; ``limit`` above 100 is clamped to 100, below 1 or not an integer is refused."""
-    errors: list[dict[str, str]] = []
-    for name in sorted(set(params) - SEARCH_PARAMETERS):
-        errors.append({"field": name, "message": "unknown query parameter"})
+    may repeat and may also hold comma-separated topics, any other parameter is given at
+    most once; an empty ``q`` means no text filter; ``limit`` above 100 is clamped to 100,
+    below 1 or not an integer is refused. Each parameter is checked even when another one
+    is wrong, so one 422 names them all."""
 
-    topics: list[str] = []
-    for raw in _values(params, "topic"):
-        for part in raw.split(","):
-            try:
-                topic = normalize_topic(part)
-            except ValueError as exc:
-                errors.append({"field": "topic", "message": str(exc)})
-                continue
-            if topic not in topics:
-                topics.append(topic)
-    if len(topics) > QUERY_TOPICS_MAX:
-        errors.append({"field": "topic", "message": f"at most {QUERY_TOPICS_MAX} topics"})
+    topic: Annotated[tuple[str, ...], PlainValidator(_query_topics)] = ()
+    starts_from: Annotated[str | None, _given_once(_query_time)] = Field(None, alias="from")
+    to: Annotated[str | None, _given_once(_query_time)] = None
+    near: Annotated[tuple[float, float] | None, _given_once(_point)] = None
+    radius_km: Annotated[float | None, _given_once(_radius)] = None
+    q: Annotated[str | None, _given_once(_text_filter)] = None
+    sort: Annotated[str, _given_once(_sort)] = "starts_at"
+    limit: Annotated[int, _given_once(parse_limit)] = LIMIT_DEFAULT
+    cursor: Annotated[str | None, _given_once(lambda raw: raw or None)] = None
 
-    window: dict[str, str | None] = {"from": None, "to": None}
-    for name in window:
-        raw = _single(params, name, errors)
-        if raw is None:
-            continue
-        try:
-            window[name] = canonical_time(_SPACE_FOR_PLUS.sub(r"+\1", raw.strip()))
-        except ValueError as exc:
-            errors.append({"field": name, "message": str(exc)})
-    if window["from"] and window["to"] and window["from"] > window["to"]:
-        errors.append({"field": "to", "message": "must not be before from"})
+    _to_after_from = _not_before("to", "starts_from", "from")
 
-    near = None
-    raw_near = _single(params, "near", errors)
-    if raw_near is not None:
-        parts = raw_near.split(",")
-        try:
-            if len(parts) != 2:
-                raise ValueError
-            lat, lng = _finite(parts[0]), _finite(parts[1])
-        except ValueError:
-            errors.append({"field": "near", "message": "must be lat,lng (two numbers)"})
-        else:
-            if not -90 <= lat <= 90:
-                errors.append({"field": "near", "message": "latitude must be in [-90, 90]"})
-            elif not -180 <= lng <= 180:
-                errors.append({"field": "near", "message": "longitude must be in [-180, 180]"})
-            else:
-                near = (lat, lng)
+    @field_validator("radius_km", "sort")
+    @classmethod
+    def _needs_near(cls, value: object, info: ValidationInfo) -> object:
+        # ``info.data`` has the fields before this one that were fine (None when not
+        # given); a wrong ``near`` is missing there, and already named.
+        if "near" in info.data and info.data["near"] is None:
+            if info.field_name == "radius_km":
+                raise ValueError("needs near")
+            if value == "distance":
+                raise ValueError("sort=distance needs near")
+        return value
 
-    radius = RADIUS_DEFAULT_KM
-    raw_radius = _single(params, "radius_km", errors)
-    if raw_radius is not None:
-        try:
-            radius = _finite(raw_radius)
-        except ValueError:
-            errors.append({"field": "radius_km", "message": "must be a number"})
-        else:
-            if not 0 < radius <= RADIUS_MAX_KM:
-                errors.append(
-                    {"field": "radius_km", "message": f"must be > 0 and <= {RADIUS_MAX_KM:g}"}
-                )
-        if raw_near is None:
-            errors.append({"field": "radius_km", "message": "needs near"})
+    def search(self) -> Search:
+        """The search these parameters ask for."""
+        return Search(
+            topics=self.topic,
+            starts_from=self.starts_from,
+            starts_to=self.to,
+            near=self.near,
+            radius_km=RADIUS_DEFAULT_KM if self.radius_km is None else self.radius_km,
+            text=self.q,
+            sort=self.sort,
+            limit=self.limit,
+            cursor=self.cursor,
+        )
 
-    text = None
-    raw_q = _single(params, "q", errors)
-    if raw_q is not None:
-        text = " ".join(raw_q.split()) or None
-        if text and len(text) > Q_MAX:
-            errors.append({"field": "q", "message": f"must be at most {Q_MAX} characters"})
 
-    sort = _single(params, "sort", errors) or "starts_at"
-    if sort not in SORTS:
-        errors.append({"field": "sort", "message": "must be starts_at or distance"})
-    elif sort == "distance" and raw_near is None:
-        errors.append({"field": "sort", "message": "sort=distance needs near"})
+#: The query parameters ``GET /v1/events`` takes.
+SEARCH_PARAMETERS = frozenset(
+    field.alias or name for name, field in SearchQuery.model_fields.items()
+)
 
-    limit = LIMIT_DEFAULT
+
+def parse_search(params: Params) -> Search:
+    """The search of the query parameters of ``GET /v1/events`` (see :class:`SearchQuery`);
+    :class:`InvalidMany` (422) names every parameter that is wrong."""
     try:
-        limit = parse_limit(_single(params, "limit", errors))
-    except ValueError as exc:
-        errors.append({"field": "limit", "message": str(exc)})
-
-    cursor = _single(params, "cursor", errors) or None
-
-    if errors:
-        raise ValidationProblem(errors, detail=errors[0]["message"])
-    search = Search(
-        topics=tuple(topics),
-        starts_from=window["from"],
-        starts_to=window["to"],
-        near=near,
-        radius_km=radius,
-        text=text,
-        sort=sort,
-        limit=limit,
-    )
-    if cursor is not None:
-        # Validated here so a bad cursor is a 422 before any store work.
-        decode_cursor(cursor, search)
-    return replace(search, cursor=cursor)
+        search = SearchQuery.model_validate(dict(params)).search()
+    except ValidationError as exc:
+        raise invalid_fields(exc, unknown="unknown query parameter") from None
+    if search.cursor is not None:
+        # Checked here so a bad cursor is a 422 before any store work.
+        decode_cursor(search.cursor, search)
+    return search
 
 
 def encode_cursor(search: Search, store_cursor: str) -> str:
     """The opaque cursor clients get: the store's, bound to the search it belongs to."""
     raw = json.dumps({"f": search.fingerprint(), "c": store_cursor}, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def malformed_cursor() -> Invalid:
+    """The 422 of a cursor that is not one of ours (or that the store cannot read)."""
+    return Invalid("malformed cursor", "cursor")
 
 
 def decode_cursor(cursor: str, search: Search) -> str:
@@ -458,7 +504,7 @@ def decode_cursor(cursor: str, search: Search) -> str:
         if not isinstance(fingerprint, str) or not isinstance(inner, str):
             raise ValueError
     except (ValueError, TypeError, KeyError, UnicodeError, binascii.Error):
-        raise field_error("cursor", "malformed cursor") from None
+        raise malformed_cursor() from None
     if fingerprint != search.fingerprint():
-        raise field_error("cursor", "this cursor belongs to another search")
+        raise Invalid("this cursor belongs to another search", "cursor")
     return inner

@@ -14,8 +14,10 @@ from typing import Any
 
 from eventpost.storage import (
     AnyOf,
+    Collection,
     CollectionSpec,
     DuplicateKey,
+    LazyCollection,
     Near,
     OutboxEvent,
     Page,
@@ -61,67 +63,44 @@ def store_query(search: Search, store_cursor: str | None) -> Query:
     )
 
 
-class EventRepository:
-    """The events collection of a store (opened on first use, so building the app connects
-    to nothing), with every write bumping the change stamp in the same transaction."""
+class EventsStore:
+    """The events collection over a store, with every write bumping the change stamp (in
+    the same transaction where the store has transactions). Collections are opened on first
+    use, so building the app connects to nothing."""
 
-    def __init__(self, open_store: Callable[[], Store], clock: Clock = utcnow) -> None:
-        self._open = open_store
+    def __init__(self, store: Store, clock: Clock = utcnow) -> None:
+        self.store = store
         self._clock = clock
-        self._lock = threading.Lock()
-        self._store: Store | None = None
-
-    @property
-    def store(self) -> Store:
-        """The store (opened and its collections prepared on first use)."""
-        if self._store is None:
-            with self._lock:
-                if self._store is None:
-                    store = self._open()
-                    store.collection(EVENTS)
-                    changes = store.collection(CHANGES)
-                    if changes.get(_STAMP_ID) is None:
-                        # Another process may create it first.
-                        with contextlib.suppress(DuplicateKey):
-                            changes.insert({"id": _STAMP_ID, "changed_at": None})
-                    self._store = store
-        return self._store
-
-    @property
-    def _events(self):
-        return self.store.collection(EVENTS)
+        self.events: Collection = LazyCollection(store, EVENTS)
+        self.changes: Collection = LazyCollection(store, CHANGES)
+        self._stamp_ready = False
+        self._stamp_lock = threading.Lock()
 
     def ping(self) -> None:
         """Raise when the store does not answer (``/ready``)."""
         self.store.ping()
 
-    def close(self) -> None:
-        """Release the store's connections."""
-        if self._store is not None:
-            self._store.close()
-            self._store = None
-
     # -- reads ---------------------------------------------------------------------------
 
     def stamp(self) -> int:
-        """The change stamp: it grows on every write to events."""
-        doc = self.store.collection(CHANGES).get(_STAMP_ID)
+        """The change stamp: it grows on every write to events (0 before the first)."""
+        doc = self.changes.get(_STAMP_ID)
         return int(doc["version"]) if doc else 0
 
     def get(self, event_id: str) -> dict[str, Any] | None:
         """The stored event, or None."""
-        return self._events.get(event_id)
+        return self.events.get(event_id)
 
     def search(self, search: Search, store_cursor: str | None) -> Page:
         """One page of the events a search finds."""
-        return self._events.find(store_query(search, store_cursor))
+        return self.events.find(store_query(search, store_cursor))
 
     # -- writes --------------------------------------------------------------------------
 
     def insert(self, doc: Mapping[str, Any], *, events: Sequence[OutboxEvent] = ()) -> dict:
         """Store a new event with its outbox events."""
         with self._atomic():
-            saved = self._events.insert(dict(doc), events=events)
+            saved = self.events.insert(dict(doc), events=events)
             self._bump()
         return saved
 
@@ -134,7 +113,7 @@ class EventRepository:
         ``events_of(doc)`` gives for each document (none by default)."""
         with self._atomic():
             for doc in docs:
-                self._events.insert(dict(doc), events=events_of(doc) if events_of else ())
+                self.events.insert(dict(doc), events=events_of(doc) if events_of else ())
             self._bump()
         return len(docs)
 
@@ -148,7 +127,7 @@ class EventRepository:
     ) -> dict:
         """Change an event; raises NotFound / VersionConflict."""
         with self._atomic():
-            saved = self._events.update(
+            saved = self.events.update(
                 event_id, changes, expected_version=expected_version, events=events
             )
             self._bump()
@@ -159,7 +138,7 @@ class EventRepository:
     ) -> bool:
         """Remove an event; False when there was none. Raises VersionConflict."""
         with self._atomic():
-            gone = self._events.delete(event_id, expected_version=expected_version, events=events)
+            gone = self.events.delete(event_id, expected_version=expected_version, events=events)
             if gone:
                 self._bump()
         return gone
@@ -171,10 +150,24 @@ class EventRepository:
         events, atomic on its own) comes first and the bump right after, before the client is
         answered; a reader that sees the new stamp therefore sees the write. Only a crash
         between the two leaves other processes' caches stale, for at most their TTL."""
+        self._ensure_stamp()
         supports = getattr(self.store, "supports_transactions", None)
         if supports is not None and not supports():
             return contextlib.nullcontext()
         return self.store.transaction()
 
+    def _ensure_stamp(self) -> None:
+        """Create the stamp document before the first write (outside any transaction: a
+        duplicate key inside one would abort it on MongoDB)."""
+        if self._stamp_ready:
+            return
+        with self._stamp_lock:
+            if not self._stamp_ready:
+                if self.changes.get(_STAMP_ID) is None:
+                    # Another process may create it first.
+                    with contextlib.suppress(DuplicateKey):
+                        self.changes.insert({"id": _STAMP_ID, "changed_at": None})
+                self._stamp_ready = True
+
     def _bump(self) -> None:
-        self.store.collection(CHANGES).update(_STAMP_ID, {"changed_at": format_time(self._clock())})
+        self.changes.update(_STAMP_ID, {"changed_at": format_time(self._clock())})

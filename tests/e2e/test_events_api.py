@@ -18,7 +18,7 @@ import icalendar
 import pytest
 
 from devtools.samples import sample_events
-from services.events.domain import haversine_km
+from eventpost.geo import haversine_km
 
 PARIS = (48.8566, 2.3522)
 VERSAILLES = (48.8049, 2.1204)

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from eventpost.geo import haversine_km
 from eventpost.timeutil import format_time
-from services.events.domain import haversine_km
 from tests.integration.test_events_support import event_body, make_api, needs, open_backend
 
 CITIES = {

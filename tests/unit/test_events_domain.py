@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 import icalendar
 import pytest
 
+from eventpost.errors import Invalid
+from eventpost.geo import haversine_km
 from eventpost.problems import ValidationProblem
 from eventpost.validation import LIMIT_MAX, parse_model
 from services.events.cache import StampedCache
@@ -19,7 +21,6 @@ from services.events.domain import (
     decode_cursor,
     encode_cursor,
     etag_of,
-    haversine_km,
     new_event,
     next_updated_at,
     parse_rfc3339,
@@ -184,10 +185,10 @@ def test_patch_refuses_removing_required_fields(data, field):
 
 def test_patch_result_must_be_a_valid_event():
     current = stored()
-    with pytest.raises(ValidationProblem) as exc:
+    with pytest.raises(Invalid) as exc:
         apply_patch(current, patch_of({"starts_at": "2026-12-02T00:00:00Z"}))
     assert fields_of(exc) == {"ends_at"}
-    with pytest.raises(ValidationProblem) as exc:
+    with pytest.raises(Invalid) as exc:
         apply_patch(current, patch_of({"place": {"lat": None}}))
     assert fields_of(exc) == {"place"}
     moved = apply_patch(
@@ -289,15 +290,37 @@ def test_search_every_parameter():
     ],
 )
 def test_bad_search_parameters_are_named(params, field):
-    with pytest.raises(ValidationProblem) as exc:
+    with pytest.raises(Invalid) as exc:
         parse_search(params)
     assert field in fields_of(exc)
 
 
 def test_every_bad_parameter_is_named_at_once():
-    with pytest.raises(ValidationProblem) as exc:
+    with pytest.raises(Invalid) as exc:
         parse_search({"limit": "0", "near": "x", "sort": "nope"})
     assert fields_of(exc) == {"limit", "near", "sort"}
+
+
+def test_checks_of_one_parameter_against_another_are_named_with_the_rest():
+    with pytest.raises(Invalid) as exc:
+        parse_search(
+            {
+                "from": "2026-12-02T00:00:00Z",
+                "to": "2026-12-01T00:00:00Z",
+                "radius_km": "5",
+                "sort": "distance",
+                "limit": "0",
+                "colour": "red",
+            }
+        )
+    assert exc.value.errors == [
+        {"field": "colour", "message": "unknown query parameter"},
+        {"field": "to", "message": "must not be before from"},
+        {"field": "radius_km", "message": "needs near"},
+        {"field": "sort", "message": "sort=distance needs near"},
+        {"field": "limit", "message": "must be at least 1"},
+    ]
+    assert exc.value.detail == "unknown query parameter"
 
 
 def test_cursor_is_bound_to_its_search():
@@ -305,7 +328,7 @@ def test_cursor_is_bound_to_its_search():
     cursor = encode_cursor(search, "inner")
     assert decode_cursor(cursor, search) == "inner"
     assert parse_search({"topic": "jazz", "cursor": cursor, "limit": "5"}).cursor == cursor
-    with pytest.raises(ValidationProblem) as exc:
+    with pytest.raises(Invalid) as exc:
         parse_search({"topic": "rock", "cursor": cursor})
     assert fields_of(exc) == {"cursor"}
 
