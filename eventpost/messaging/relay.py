@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     SIGTERM or SIGINT; returns the exit code."""
     from eventpost.messaging.worker import Worker
     from eventpost.settings import Settings
-    from eventpost.storage.port import open_store
+    from eventpost.storage import open_store
 
     parser = argparse.ArgumentParser(description="Publish a service's outbox to RabbitMQ.")
     parser.add_argument("--service", required=True, help="whose store: users, events, ...")

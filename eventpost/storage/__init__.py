@@ -1,5 +1,6 @@
 """The storage port and its adapters. Services import only from here."""
 
+from eventpost.storage.factory import open_store
 from eventpost.storage.lazy import LazyCollection
 from eventpost.storage.port import (
     AnyOf,
@@ -16,7 +17,6 @@ from eventpost.storage.port import (
     StorageError,
     Store,
     VersionConflict,
-    open_store,
 )
 
 __all__ = [

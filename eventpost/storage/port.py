@@ -21,10 +21,7 @@ import abc
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from eventpost.settings import Settings
+from typing import Any
 
 Document = dict[str, Any]
 #: An outbox record: a message envelope (see :mod:`eventpost.messaging.envelope`) as a dict
@@ -242,6 +239,12 @@ class Store(abc.ABC):
         transaction; MongoDB: a multi-document transaction, which needs a replica set)."""
 
     @abc.abstractmethod
+    def supports_transactions(self) -> bool:
+        """Whether :meth:`transaction` is all or nothing here (SQLite: always; MongoDB: on a
+        replica set or a sharded cluster, not on a standalone server). Without it the writes
+        of a transaction happen one after the other, and the ones before an error stay."""
+
+    @abc.abstractmethod
     def ping(self) -> None:
         """Raise when the database cannot be reached (used by ``/ready``)."""
 
@@ -267,17 +270,3 @@ class Store(abc.ABC):
     def iter_outbox(self) -> Iterator[Document]:  # pragma: no cover - optional helper
         """Every outbox event not yet published (diagnostics)."""
         raise NotImplementedError
-
-
-def open_store(settings: Settings, service: str | None = None) -> Store:
-    """The store of ``service``: MongoDB database ``eventpost_<service>`` when
-    ``MONGODB_URL`` is set, else the SQLite file ``DATA_DIR/<service>.sqlite3``."""
-    name = service or settings.service
-    if settings.mongodb_url:
-        from eventpost.storage.mongo import MongoStore
-
-        return MongoStore(settings.mongodb_url, database=f"eventpost_{name}")
-    from eventpost.storage.sqlite import SqliteStore
-
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return SqliteStore(settings.data_dir / f"{name}.sqlite3")

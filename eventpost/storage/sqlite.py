@@ -244,6 +244,10 @@ class SqliteStore(Store):
         with _translated_errors(), self._atomic():
             yield
 
+    def supports_transactions(self) -> bool:
+        """Always: every transaction is one SQLite transaction."""
+        return True
+
     # -- Store ----------------------------------------------------------------------------
 
     def collection(self, spec: CollectionSpec) -> SqliteCollection:

@@ -171,8 +171,7 @@ class EventRepository:
         events, atomic on its own) comes first and the bump right after, before the client is
         answered; a reader that sees the new stamp therefore sees the write. Only a crash
         between the two leaves other processes' caches stale, for at most their TTL."""
-        supports = getattr(self.store, "supports_transactions", None)
-        if supports is not None and not supports():
+        if not self.store.supports_transactions():
             return contextlib.nullcontext()
         return self.store.transaction()
 
