@@ -73,6 +73,7 @@ from eventpost.storage.port import (
     NotFound,
     OutboxEvent,
     Page,
+    ParkedEvent,
     Query,
     StorageError,
     Store,
@@ -81,6 +82,8 @@ from eventpost.storage.port import (
 )
 
 OUTBOX = "_outbox"
+#: Outbox documents waiting to be published (not parked; ``parked_at`` is missing or null).
+_WAITING = {"parked_at": None}
 _DUPLICATE_CODE = 11000
 _INDEX_CONFLICT_CODES = (85, 86)  # IndexOptionsConflict, IndexKeySpecsConflict
 _INDEX_NAME = re.compile(r"index: (\S+)")
@@ -245,7 +248,7 @@ class MongoStore(Store):
 
     def outbox_claim(self, owner: str, lease_seconds: float, limit: int = 100) -> list[Document]:
         now = self._clock()
-        free = {"$or": [{"lease_until": None}, {"lease_until": {"$lte": now}}]}
+        free = {**_WAITING, "$or": [{"lease_until": None}, {"lease_until": {"$lte": now}}]}
         lease = {"$set": {"lease_owner": owner, "lease_until": now + lease_seconds}}
         claimed = []
         with _translated_errors():
@@ -265,13 +268,33 @@ class MongoStore(Store):
             with _translated_errors():
                 self._outbox().delete_many({"_id": {"$in": list(event_ids)}})
 
+    def outbox_failed(self, event_id: str, reason: str, *, park_after: int) -> int:
+        with _translated_errors():
+            outbox = self._outbox()
+            # only the relay holding the lease reports a failure: no other write races this
+            raw = outbox.find_one_and_update(
+                {"_id": event_id, **_WAITING},
+                {"$inc": {"attempts": 1}, "$set": {"last_error": reason}},
+                return_document=ReturnDocument.AFTER,
+            )
+            if raw is None:
+                return 0
+            if raw["attempts"] >= park_after:
+                outbox.update_one({"_id": event_id}, {"$set": {"parked_at": self._clock()}})
+        return raw["attempts"]
+
+    def outbox_parked(self) -> list[ParkedEvent]:
+        with _translated_errors():
+            raws = self._outbox().find({"parked_at": {"$ne": None}}, sort=[("seq", 1)])
+            return [ParkedEvent(r["body"], r["attempts"], r.get("last_error") or "") for r in raws]
+
     def outbox_pending(self) -> int:
         with _translated_errors():
-            return self._outbox().count_documents({})
+            return self._outbox().count_documents(_WAITING)
 
     def iter_outbox(self) -> Iterator[Document]:
         with _translated_errors():
-            bodies = [raw["body"] for raw in self._outbox().find({}, sort=[("seq", 1)])]
+            bodies = [raw["body"] for raw in self._outbox().find(_WAITING, sort=[("seq", 1)])]
         yield from bodies
 
 

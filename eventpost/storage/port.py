@@ -151,6 +151,16 @@ class CollectionSpec:
     geo_time_field: str | None = None
 
 
+@dataclass(frozen=True)
+class ParkedEvent:
+    """An outbox event given up on after ``attempts`` failed publishes (see
+    :meth:`Store.outbox_failed`); ``reason`` is the error of the last one."""
+
+    event: Document
+    attempts: int
+    reason: str
+
+
 class Collection(abc.ABC):
     """One collection of documents."""
 
@@ -257,16 +267,29 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def outbox_claim(self, owner: str, lease_seconds: float, limit: int = 100) -> list[Document]:
         """Lease up to ``limit`` unpublished outbox events, oldest first, to ``owner``.
-        An event whose lease ran out (its relay died) can be claimed again."""
+        An event whose lease ran out (its relay died) can be claimed again; a parked one
+        never is."""
 
     @abc.abstractmethod
     def outbox_done(self, event_ids: Sequence[str]) -> None:
         """Forget outbox events that were published (confirmed by the broker)."""
 
-    def outbox_pending(self) -> int:
-        """How many outbox events wait to be published."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def outbox_failed(self, event_id: str, reason: str, *, park_after: int) -> int:
+        """Count one failed publish of the outbox event ``event_id``: its attempt count goes
+        up by one and ``reason`` is kept as its last error. When the count reaches
+        ``park_after`` the event is parked: kept in the store (see :meth:`outbox_parked`),
+        never claimed again. Its lease stays, so it is tried again when the lease ends.
+        Returns the attempt count; 0 when no such event waits (published or parked)."""
 
-    def iter_outbox(self) -> Iterator[Document]:  # pragma: no cover - optional helper
-        """Every outbox event not yet published (diagnostics)."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def outbox_parked(self) -> list[ParkedEvent]:
+        """Every parked outbox event, oldest first."""
+
+    @abc.abstractmethod
+    def outbox_pending(self) -> int:
+        """How many outbox events wait to be published (parked ones do not)."""
+
+    @abc.abstractmethod
+    def iter_outbox(self) -> Iterator[Document]:
+        """Every outbox event waiting to be published, oldest first (diagnostics)."""

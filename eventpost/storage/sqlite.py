@@ -72,6 +72,7 @@ from eventpost.storage.port import (
     NotFound,
     OutboxEvent,
     Page,
+    ParkedEvent,
     Query,
     StorageError,
     Store,
@@ -81,8 +82,16 @@ from eventpost.storage.port import (
 
 _OUTBOX_DDL = (
     "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
-    "id TEXT NOT NULL UNIQUE, body TEXT NOT NULL, lease_owner TEXT, lease_until REAL)"
+    "id TEXT NOT NULL UNIQUE, body TEXT NOT NULL, lease_owner TEXT, lease_until REAL, "
+    "attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, parked_at REAL)"
 )
+#: Columns added to the outbox after its first version (a file written before gets them).
+_OUTBOX_ADDED_COLUMNS = {
+    "attempts": "attempts INTEGER NOT NULL DEFAULT 0",
+    "last_error": "last_error TEXT",
+    "parked_at": "parked_at REAL",
+}
+_PENDING = "SELECT {} FROM outbox WHERE parked_at IS NULL"
 # Per connection page cache (KiB) and memory map (bytes): the map is shared with every other
 # connection and process through the OS page cache.
 _CACHE_KIB = 16 * 1024
@@ -187,6 +196,7 @@ class SqliteStore(Store):
             conn.execute(f"PRAGMA mmap_size = {_MMAP_BYTES}")
             _ensure_math_functions(conn)
             conn.execute(_OUTBOX_DDL)
+            _add_outbox_columns(conn)
         with self._lock:
             self._forget_dead_threads()
             self._opened.append((threading.current_thread(), os.getpid(), conn))
@@ -297,8 +307,8 @@ class SqliteStore(Store):
         with _translated_errors(), self._atomic() as conn:
             now = self._clock()
             rows = conn.execute(
-                "SELECT seq, body FROM outbox WHERE lease_until IS NULL OR lease_until <= ? "
-                "ORDER BY seq LIMIT ?",
+                "SELECT seq, body FROM outbox WHERE parked_at IS NULL "
+                "AND (lease_until IS NULL OR lease_until <= ?) ORDER BY seq LIMIT ?",
                 (now, limit),
             ).fetchall()
             conn.executemany(
@@ -311,13 +321,31 @@ class SqliteStore(Store):
         with _translated_errors(), self._atomic() as conn:
             conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in event_ids])
 
+    def outbox_failed(self, event_id: str, reason: str, *, park_after: int) -> int:
+        with _translated_errors(), self._atomic() as conn:
+            row = conn.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, "
+                "parked_at = CASE WHEN attempts + 1 >= ? THEN ? END "
+                "WHERE id = ? AND parked_at IS NULL RETURNING attempts",
+                (reason, park_after, self._clock(), event_id),
+            ).fetchone()
+        return 0 if row is None else row[0]
+
+    def outbox_parked(self) -> list[ParkedEvent]:
+        with _translated_errors():
+            rows = self._connection().execute(
+                "SELECT body, attempts, last_error FROM outbox WHERE parked_at IS NOT NULL "
+                "ORDER BY seq"
+            )
+            return [ParkedEvent(json.loads(body), n, error or "") for body, n, error in rows]
+
     def outbox_pending(self) -> int:
         with _translated_errors():
-            return self._connection().execute("SELECT count(*) FROM outbox").fetchone()[0]
+            return self._connection().execute(_PENDING.format("count(*)")).fetchone()[0]
 
     def iter_outbox(self) -> Iterator[Document]:
         with _translated_errors():
-            rows = self._connection().execute("SELECT body FROM outbox ORDER BY seq").fetchall()
+            rows = self._connection().execute(_PENDING.format("body") + " ORDER BY seq").fetchall()
         for (body,) in rows:
             yield json.loads(body)
 
@@ -704,6 +732,19 @@ class _Plan:
     text_matches: int = 0
     #: how many points lie in the near query's bounding box (capped at COUNT_CAP)
     geo_candidates: int = 0
+
+
+def _add_outbox_columns(conn: sqlite3.Connection) -> None:
+    """Add the outbox columns a file written by an older version lacks."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
+    for name, definition in _OUTBOX_ADDED_COLUMNS.items():
+        if name in present:
+            continue
+        try:
+            conn.execute(f"ALTER TABLE outbox ADD COLUMN {definition}")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):  # else another process added it first
+                raise
 
 
 def _ensure_math_functions(conn: sqlite3.Connection) -> None:

@@ -371,3 +371,20 @@ def test_a_file_with_a_flat_geo_index_gets_the_time_dimension(tmp_path):
     # and back: a spec without the time field rebuilds the flat index
     SqliteStore(path).collection(EVENTS)
     assert list(_geo_tables(path)) == ["events__geo"]
+
+
+def test_an_outbox_written_before_attempts_were_counted_gets_the_new_columns(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "id TEXT NOT NULL UNIQUE, body TEXT NOT NULL, lease_owner TEXT, lease_until REAL)"
+    )
+    conn.execute("INSERT INTO outbox(id, body) VALUES ('ev-old', '{\"id\": \"ev-old\"}')")
+    conn.commit()
+    conn.close()
+    store = SqliteStore(path)
+    assert [e["id"] for e in store.outbox_claim("relay", 30.0)] == ["ev-old"]
+    assert store.outbox_failed("ev-old", "refused", park_after=1) == 1
+    assert [p.event["id"] for p in store.outbox_parked()] == ["ev-old"]
+    store.close()
