@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import eventpost.storage.sqlite as sqlite_adapter
+import eventpost.storage._sqlite_find as sqlite_planner
+from eventpost.geo import haversine_km
 from eventpost.storage import AnyOf, CollectionSpec, DuplicateKey, Near, Query, Range
-from eventpost.storage._query import haversine_km
 from eventpost.storage._sqlite_schema import CollectionSchema
 from eventpost.storage.sqlite import SqliteStore
 from tests.contract.conftest import EVENTS
@@ -229,7 +229,7 @@ PLANS = {
 @pytest.mark.parametrize("plan", list(PLANS))
 def test_every_plan_pages_through_the_right_documents(tmp_path, monkeypatch, plan):
     for name, value in PLANS[plan].items():
-        monkeypatch.setattr(sqlite_adapter, name, value)
+        monkeypatch.setattr(sqlite_planner, name, value)
     rng = random.Random(20260101)
     store = SqliteStore(tmp_path / "s.sqlite3")
     events = store.collection(EVENTS)
@@ -303,7 +303,7 @@ def test_every_plan_with_a_time_dimension_pages_through_the_right_documents(
     tmp_path, monkeypatch, plan
 ):
     for name, value in PLANS[plan].items():
-        monkeypatch.setattr(sqlite_adapter, name, value)
+        monkeypatch.setattr(sqlite_planner, name, value)
     rng = random.Random(20260301)
     store = SqliteStore(tmp_path / "s.sqlite3")
     events = store.collection(TIMED_EVENTS)

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from eventpost.geo import haversine_km
 from eventpost.storage import CollectionSpec, InvalidCursor, Near, Query
 from eventpost.storage._query import (
     bounding_boxes,
@@ -17,7 +18,6 @@ from eventpost.storage._query import (
     decode_cursor,
     encode_cursor,
     geo_point,
-    haversine_km,
     normalize_sort,
     text_words,
     time_seconds,
