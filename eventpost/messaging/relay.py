@@ -45,6 +45,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import pika.exceptions
@@ -66,6 +67,12 @@ _OUTAGE = (pika.exceptions.AMQPConnectionError, OSError)
 _REASON_CHARS = 500
 
 
+def _default_owner() -> str:
+    """A relay's name in the leases: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(eq=False)
 class OutboxRelay:
     """Moves outbox events of ``store`` to the broker through ``publisher`` (see the module
     docstring for failures and parking).
@@ -79,33 +86,23 @@ class OutboxRelay:
     (else it waits in the outbox).
     """
 
-    def __init__(
-        self,
-        store: Store,
-        publisher: Publisher,
-        *,
-        owner: str | None = None,
-        lease_seconds: float = 30.0,
-        batch: int = 100,
-        poll_interval: float = 0.2,
-        error_backoff: tuple[float, float] = (0.5, 30.0),
-        park_after: int = 5,
-        drop_unroutable: bool = True,
-    ) -> None:
-        if park_after < 1:
+    store: Store
+    publisher: Publisher
+    _: KW_ONLY
+    owner: str = field(default_factory=_default_owner)
+    lease_seconds: float = 30.0
+    batch: int = 100
+    poll_interval: float = 0.2
+    error_backoff: tuple[float, float] = (0.5, 30.0)
+    park_after: int = 5
+    drop_unroutable: bool = True
+    # Whether the broker confirmed a message since the relay started or last found it
+    # unreachable: only then does a refusal count against an event.
+    _broker_takes_messages: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.park_after < 1:
             raise ValueError("park_after must be at least 1")
-        self.store = store
-        self.publisher = publisher
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.lease_seconds = lease_seconds
-        self.batch = batch
-        self.poll_interval = poll_interval
-        self.error_backoff = error_backoff
-        self.park_after = park_after
-        self.drop_unroutable = drop_unroutable
-        # Whether the broker confirmed a message since the relay started or last found it
-        # unreachable: only then does a refusal count against an event.
-        self._broker_takes_messages = False
 
     def run_once(self) -> int:
         """Claim one batch and publish it; returns how many events left the outbox.
