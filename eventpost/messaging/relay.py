@@ -172,16 +172,19 @@ class OutboxRelay:
         extra = {"message_type": record.get("type"), "message_id": record.get("id")}
         if not counted:
             log.warning(
-                "event refused before the broker took any message; not counted",
+                "event refused, not counted: the broker has taken no message since the relay "
+                "started or last found it unreachable",
                 extra={**extra, "reason": reason},
             )
             return
         attempts = self.store.outbox_failed(record["id"], reason, park_after=self.park_after)
+        if attempts == 0:
+            return  # no longer waiting: another relay published it after this one's lease
         extra.update(attempts=attempts, reason=reason)
         if attempts >= self.park_after:
             log.error("event parked in the outbox after failed publishes", extra=extra)
         else:
-            log.warning("event refused; tried again after its lease", extra=extra)
+            log.warning("event not published; tried again after its lease", extra=extra)
 
     def _round(self) -> float:
         """One batch; how long to wait before the next (none while the outbox is full)."""

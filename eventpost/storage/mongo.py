@@ -8,6 +8,9 @@ index (language ``none``: no stemming, no stop words) and a 2dsphere index on ``
 :attr:`CollectionSpec.geo_time_field` is ignored here (it is an index hint of the SQLite
 adapter; the planner combines the 2dsphere index with the other conditions by itself).
 
+The outbox is the collection ``_outbox``: ``{_id: event id, seq, body, lease_owner,
+lease_until, attempts, last_error, parked_at}`` (the last three once a publish failed).
+
 The client is created lazily, on first use, and again in a forked child process.
 
 Atomicity: every single-document write is atomic. Writes that must go together (a change

@@ -51,6 +51,7 @@ from eventpost.storage.values import (
 
 #: Checked changes: top-level fields to set (see :meth:`Collection.update`).
 Changes = dict[str, Any]
+#: The outbox events a write puts into the outbox with its change.
 Events = Sequence[OutboxEvent]
 
 

@@ -8,7 +8,9 @@ writes inside :meth:`SqliteStore.transaction` join it (each in its own savepoint
 that fails, e.g. with :class:`DuplicateKey`, leaves nothing behind even when the caller
 catches the error and goes on).
 
-Layout: see :mod:`eventpost.storage._sqlite_schema`; the outbox is the table ``outbox``.
+Layout: see :mod:`eventpost.storage._sqlite_schema`; the outbox is the table ``outbox`` (one
+row per event: its body, lease, failed publishes and, once parked, when). How a find reads:
+see :mod:`eventpost.storage._sqlite_find`.
 """
 
 # ruff: noqa: S608 - SQL text here holds only names checked by _query.check_spec and
