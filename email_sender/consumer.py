@@ -69,19 +69,6 @@ KEEP_DELIVERIES = timedelta(days=7)
 PRUNE_EVERY = timedelta(hours=1)
 
 
-def open_delivery_store(settings: Settings) -> Store:
-    """The store of the delivery log: MongoDB when ``MONGODB_URL`` is set (as
-    :func:`open_store`), else ``DATA_DIR/email_sender.sqlite3`` with ``synchronous=NORMAL``:
-    a power cut may lose the last records (never a process crash), which at worst sends
-    those emails once more; in exchange a delivery costs no fsync."""
-    if settings.mongodb_url:
-        return open_store(settings, STORE_NAME)
-    from eventpost.storage.sqlite import SqliteStore
-
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return SqliteStore(settings.data_dir / f"{STORE_NAME}.sqlite3", synchronous="NORMAL")
-
-
 def _outcome_id(kind: str, key: str) -> str:
     return hashlib.sha256(f"{kind}\x00{key}".encode()).hexdigest()[:32]
 
@@ -123,7 +110,10 @@ class EmailSender:
         """An EmailSender for the SMTP server, store and broker of ``settings``."""
         return cls(
             mailer=SmtpMailer.from_settings(settings),
-            store_factory=lambda: open_delivery_store(settings),
+            # The delivery log is kept with synchronous=NORMAL on SQLite: a power cut may lose
+            # the last records (never a process crash), which at worst sends those emails once
+            # more; in exchange a delivery costs no fsync.
+            store_factory=lambda: open_store(settings, STORE_NAME, sqlite_synchronous="NORMAL"),
             # Outcomes must reach notifications even before its worker first declared its
             # queues, or the reminder would stay `sending`: declare every subscription.
             publisher_factory=lambda: Publisher(

@@ -1,22 +1,24 @@
 """The storage port and its adapters. Services import only from here."""
 
-from eventpost.storage.lazy import LazyCollection
-from eventpost.storage.port import (
-    AnyOf,
-    Collection,
-    CollectionSpec,
+from eventpost.storage.errors import (
     DuplicateKey,
     InvalidCursor,
-    Near,
     NotFound,
+    StorageError,
+    VersionConflict,
+)
+from eventpost.storage.factory import open_store
+from eventpost.storage.lazy import LazyCollection
+from eventpost.storage.port import Collection, Store
+from eventpost.storage.values import (
+    AnyOf,
+    CollectionSpec,
+    Near,
     OutboxEvent,
     Page,
+    ParkedEvent,
     Query,
     Range,
-    StorageError,
-    Store,
-    VersionConflict,
-    open_store,
 )
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "NotFound",
     "OutboxEvent",
     "Page",
+    "ParkedEvent",
     "Query",
     "Range",
     "StorageError",

@@ -3,7 +3,7 @@
 Documents are stored with ``id`` as ``_id`` and, when the collection has a geo field, a
 GeoJSON point ``_geo`` derived from it (2dsphere index). Near queries select candidates with
 ``$geoWithin``/``$centerSphere`` and compute the distance in the aggregation with the same
-haversine formula as :func:`eventpost.storage._query.haversine_km`, so distances, the radius
+haversine formula as :func:`eventpost.geo.haversine_km`, so distances, the radius
 test and distance sorting agree with the SQLite adapter (``$geoNear`` measures on another
 Earth radius and cannot be combined with ``$text``)."""
 
@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from eventpost.storage._query import DISTANCE, EARTH_RADIUS_KM, SortSpec, text_words
-from eventpost.storage.port import AnyOf, CollectionSpec, Near, Range
+from eventpost.storage.values import AnyOf, CollectionSpec, Near, Range
 
 GEO_FIELD = "_geo"
 DISTANCE_FIELD = "_distance"
@@ -100,6 +100,27 @@ def distance_expression(near: Near) -> dict[str, Any]:
     }
     distance = _times(2 * EARTH_RADIUS_KM, {"$asin": {"$min": [1.0, {"$sqrt": a}]}})
     return {"$let": {"vars": {"hphi": half_dphi, "hlmb": half_dlmb}, "in": distance}}
+
+
+def near_pipeline(
+    near: Near,
+    sort: SortSpec,
+    selector: Mapping[str, Any],
+    keyset: Mapping[str, Any],
+    limit: int,
+) -> list[dict[str, Any]]:
+    """The aggregation of a near query: candidates matching ``selector``, their distance,
+    the radius test, the ``keyset`` (documents after the cursor), sorted, ``limit`` of them."""
+    pipeline: list[dict[str, Any]] = [
+        {"$match": {**selector, **geo_prefilter(near)}},  # $text must be in the first stage
+        {"$addFields": {DISTANCE_FIELD: distance_expression(near)}},
+        {"$match": {DISTANCE_FIELD: {"$lte": near.radius_km}}},
+    ]
+    if keyset:
+        pipeline.append({"$match": dict(keyset)})
+    pipeline.append({"$sort": dict(mongo_sort(sort))})
+    pipeline.append({"$limit": limit})
+    return pipeline
 
 
 def _times(a: Any, b: Any) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """Backend-neutral pieces shared by the storage adapters: name and input checks, sort
-normalisation, opaque keyset cursors, the words of a text search and great-circle geometry.
+normalisation, opaque keyset cursors, the words of a text search, bounding boxes of near
+queries, and :class:`FindRequest` (a query once checked).
 
 Both adapters use these so that they agree exactly: the same words are searched, the same
-distance is computed (haversine on a sphere of :data:`EARTH_RADIUS_KM`) and a cursor means the
-same thing."""
+distance is computed (:func:`eventpost.geo.haversine_km`, on a sphere of
+:data:`eventpost.geo.EARTH_RADIUS_KM`) and a cursor means the same thing."""
 
 from __future__ import annotations
 
@@ -13,21 +14,14 @@ import calendar
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from eventpost.storage.port import (
-    AnyOf,
-    CollectionSpec,
-    InvalidCursor,
-    Near,
-    Query,
-    Range,
-)
-
-#: Mean Earth radius (IUGG), the sphere every distance is measured on.
-EARTH_RADIUS_KM = 6371.0088
+from eventpost.geo import EARTH_RADIUS_KM
+from eventpost.storage.errors import InvalidCursor
+from eventpost.storage.values import AnyOf, CollectionSpec, Document, Near, Page, Query, Range
 
 #: The special sort field of :class:`Query` that orders by distance from ``near``.
 DISTANCE = "distance"
@@ -44,6 +38,7 @@ _CANONICAL_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z", re.
 _BOX_MARGIN_DEG = 1e-6
 
 SortSpec = tuple[tuple[str, int], ...]
+_Row = TypeVar("_Row")
 Box = tuple[float, float, float, float]  # min_lat, max_lat, min_lng, max_lng
 
 
@@ -225,15 +220,6 @@ def text_words(text: str) -> list[str]:
 # -- geometry -----------------------------------------------------------------------------
 
 
-def haversine_km(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
-    """Great-circle distance in km between two points given in degrees."""
-    phi1, phi2 = math.radians(lat1), math.radians(lat2)
-    dphi = phi2 - phi1
-    dlmb = math.radians(lng2 - lng1)
-    a = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlmb / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
-
-
 def bounding_boxes(near: Near) -> list[Box]:
     """Lat/lng boxes that together contain every point within ``near.radius_km``.
 
@@ -256,3 +242,55 @@ def bounding_boxes(near: Near) -> list[Box]:
     if east > 180.0:
         return [(min_lat, max_lat, west, 180.0), (min_lat, max_lat, -180.0, east - 360.0)]
     return [(min_lat, max_lat, west, east)]
+
+
+# -- a checked query ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FindRequest:
+    """A :class:`Query` once checked: its full sort (id last), limit, the sort values its
+    cursor resumes after and the words of its text."""
+
+    query: Query
+    sort: SortSpec
+    after: list[Any] | None
+    words: list[str] | None
+
+    @classmethod
+    def of(cls, query: Query, spec: CollectionSpec) -> FindRequest | None:
+        """The checked form of ``query`` on a collection of ``spec`` (ValueError or
+        :class:`InvalidCursor` when it is not a valid one); None when it has a text without
+        any word, which matches nothing."""
+        sort = normalize_sort(query)
+        check_limit(query.limit)
+        check_where(query.where)
+        if query.near is not None:
+            check_near(query.near)
+            if not spec.geo_field:
+                raise ValueError(f"collection {spec.name!r} has no geo_field")
+        if query.text is not None and not spec.text_fields:
+            raise ValueError(f"collection {spec.name!r} has no text_fields")
+        after = decode_cursor(query.cursor, sort) if query.cursor else None
+        words = text_words(query.text) if query.text is not None else None
+        if words == []:
+            return None
+        return cls(query, sort, after, words)
+
+    @property
+    def limit(self) -> int:
+        return self.query.limit
+
+    def page(
+        self,
+        rows: Sequence[_Row],
+        document: Callable[[_Row], Document],
+        sort_values: Callable[[_Row], Sequence[Any]],
+    ) -> Page:
+        """The page of ``rows`` (up to one more than the limit, in order): their documents,
+        and a cursor after the last one when there are more."""
+        items = [document(row) for row in rows[: self.limit]]
+        next_cursor = None
+        if len(rows) > self.limit:
+            next_cursor = encode_cursor(self.sort, sort_values(rows[self.limit - 1]))
+        return Page(items=items, next_cursor=next_cursor)

@@ -25,7 +25,7 @@ import sqlite3
 from dataclasses import asdict
 
 from eventpost.storage._query import check_spec
-from eventpost.storage.port import CollectionSpec
+from eventpost.storage.values import CollectionSpec
 
 META_TABLE = "_collections"
 FTS_TOKENIZER = "unicode61 remove_diacritics 2"

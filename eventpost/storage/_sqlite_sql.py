@@ -21,7 +21,7 @@ from eventpost.storage._query import (
     time_seconds,
 )
 from eventpost.storage._sqlite_schema import UNBOUNDED_TIME, CollectionSchema, json_expr
-from eventpost.storage.port import AnyOf, Near, Range
+from eventpost.storage.values import AnyOf, Near, Range
 
 #: SQL math functions the distance needs (built into most SQLite builds; registered from
 #: Python's math module on a build without them).
@@ -213,7 +213,7 @@ def box_sql(near: Near, bind: Params, alias: str = "g", window: TimeWindow | Non
 
 def distance_sql(near: Near, bind: Params) -> str:
     """The exact distance in km from ``near`` to the joined R*Tree entry ``g``: the haversine
-    of :func:`eventpost.storage._query.haversine_km`, in SQL math functions (a Python
+    of :func:`eventpost.geo.haversine_km`, in SQL math functions (a Python
     function would cost several times more per candidate)."""
     phi = bind(math.radians(near.lat))
     cos_phi = bind(math.cos(math.radians(near.lat)))

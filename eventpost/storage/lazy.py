@@ -8,85 +8,60 @@ the first request that needs the collection creates the indexes."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
-from typing import Any
 
-from eventpost.storage.port import (
-    Collection,
-    CollectionSpec,
-    Document,
-    OutboxEvent,
-    Page,
-    Query,
-    Store,
-    Where,
-)
+from eventpost.storage._query import FindRequest, SortSpec
+from eventpost.storage.port import Changes, Collection, Events, Store
+from eventpost.storage.values import CollectionSpec, Document, Page, Where
 
 
 class LazyCollection(Collection):
-    """The collection of ``spec`` in ``store``, opened (indexes and all) on first use."""
+    """The collection of ``spec`` in ``store``, opened (indexes and all) on first use.
+
+    The port's methods check their input here, once; the opened collection does the rest."""
 
     def __init__(self, store: Store, spec: CollectionSpec) -> None:
         self.spec = spec
         self._store = store
-        self._real: Collection | None = None
+        self._opened: Collection | None = None
         self._lock = threading.Lock()
 
-    def _coll(self) -> Collection:
-        if self._real is None:
+    @property
+    def opened(self) -> Collection:
+        """The store's collection, opened on first use."""
+        if self._opened is None:
             with self._lock:
-                if self._real is None:
-                    self._real = self._store.collection(self.spec)
-        return self._real
-
-    def insert(self, doc: Document, *, events: Sequence[OutboxEvent] = ()) -> Document:
-        return self._coll().insert(doc, events=events)
+                if self._opened is None:
+                    self._opened = self._store.collection(self.spec)
+        return self._opened
 
     def get(self, doc_id: str) -> Document | None:
-        return self._coll().get(doc_id)
+        return self.opened.get(doc_id)
 
-    def update(
-        self,
-        doc_id: str,
-        changes: Mapping[str, Any],
-        *,
-        expected_version: int | None = None,
-        events: Sequence[OutboxEvent] = (),
+    def _insert(self, doc: Document, events: Events) -> Document:
+        return self.opened._insert(doc, events)
+
+    def _update(
+        self, doc_id: str, changes: Changes, expected_version: int | None, events: Events
     ) -> Document:
-        return self._coll().update(
-            doc_id, changes, expected_version=expected_version, events=events
-        )
+        return self.opened._update(doc_id, changes, expected_version, events)
 
-    def delete(
-        self,
-        doc_id: str,
-        *,
-        expected_version: int | None = None,
-        events: Sequence[OutboxEvent] = (),
-    ) -> bool:
-        return self._coll().delete(doc_id, expected_version=expected_version, events=events)
+    def _delete(self, doc_id: str, expected_version: int | None, events: Events) -> bool:
+        return self.opened._delete(doc_id, expected_version, events)
 
-    def find(self, query: Query) -> Page:
-        return self._coll().find(query)
+    def _find(self, request: FindRequest) -> Page:
+        return self.opened._find(request)
 
-    def find_one(self, where: Where) -> Document | None:
-        return self._coll().find_one(where)
+    def _find_one(self, where: Where) -> Document | None:
+        return self.opened._find_one(where)
 
-    def count(self, where: Where) -> int:
-        return self._coll().count(where)
+    def _count(self, where: Where) -> int:
+        return self.opened._count(where)
 
-    def update_many(
-        self, where: Where, changes: Mapping[str, Any], *, events: Sequence[OutboxEvent] = ()
-    ) -> int:
-        return self._coll().update_many(where, changes, events=events)
+    def _update_many(self, where: Where, changes: Changes, events: Events) -> int:
+        return self.opened._update_many(where, changes, events)
 
-    def delete_many(self, where: Where, *, events: Sequence[OutboxEvent] = ()) -> int:
-        return self._coll().delete_many(where, events=events)
+    def _delete_many(self, where: Where, events: Events) -> int:
+        return self.opened._delete_many(where, events)
 
-    def claim(
-        self,
-        where: Where,
-        changes: Mapping[str, Any],
-        sort: Sequence[tuple[str, int]] = (),
-    ) -> Document | None:
-        return self._coll().claim(where, changes, sort)
+    def _claim(self, where: Where, changes: Changes, sort: SortSpec) -> Document | None:
+        return self.opened._claim(where, changes, sort)

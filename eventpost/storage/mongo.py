@@ -8,6 +8,9 @@ index (language ``none``: no stemming, no stop words) and a 2dsphere index on ``
 :attr:`CollectionSpec.geo_time_field` is ignored here (it is an index hint of the SQLite
 adapter; the planner combines the 2dsphere index with the other conditions by itself).
 
+The outbox is the collection ``_outbox``: ``{_id: event id, seq, body, lease_owner,
+lease_until, attempts, last_error, parked_at}`` (the last three once a publish failed).
+
 The client is created lazily, on first use, and again in a forked child process.
 
 Atomicity: every single-document write is atomic. Writes that must go together (a change
@@ -42,46 +45,23 @@ from eventpost.storage._mongo_query import (
     GEO_FIELD,
     NON_NULL_TYPES,
     after_filter,
-    distance_expression,
-    geo_prefilter,
     geojson_point,
     mongo_path,
     mongo_sort,
+    near_pipeline,
     sort_values,
     text_filter,
     value_at,
     where_filter,
 )
-from eventpost.storage._query import (
-    check_changes,
-    check_limit,
-    check_near,
-    check_new_document,
-    check_spec,
-    check_where,
-    decode_cursor,
-    encode_cursor,
-    geo_point,
-    normalize_sort,
-    text_words,
-)
-from eventpost.storage.port import (
-    Collection,
-    CollectionSpec,
-    Document,
-    DuplicateKey,
-    NotFound,
-    OutboxEvent,
-    Page,
-    Query,
-    StorageError,
-    Store,
-    VersionConflict,
-    Where,
-)
+from eventpost.storage._query import FindRequest, SortSpec, check_spec, geo_point
+from eventpost.storage.errors import DuplicateKey, NotFound, StorageError, VersionConflict
+from eventpost.storage.port import Changes, Collection, Events, Store
+from eventpost.storage.values import CollectionSpec, Document, OutboxEvent, Page, ParkedEvent, Where
 
 OUTBOX = "_outbox"
-_DUPLICATE_CODE = 11000
+#: Outbox documents waiting to be published (not parked; ``parked_at`` is missing or null).
+_WAITING = {"parked_at": None}
 _INDEX_CONFLICT_CODES = (85, 86)  # IndexOptionsConflict, IndexKeySpecsConflict
 _INDEX_NAME = re.compile(r"index: (\S+)")
 
@@ -245,7 +225,7 @@ class MongoStore(Store):
 
     def outbox_claim(self, owner: str, lease_seconds: float, limit: int = 100) -> list[Document]:
         now = self._clock()
-        free = {"$or": [{"lease_until": None}, {"lease_until": {"$lte": now}}]}
+        free = {**_WAITING, "$or": [{"lease_until": None}, {"lease_until": {"$lte": now}}]}
         lease = {"$set": {"lease_owner": owner, "lease_until": now + lease_seconds}}
         claimed = []
         with _translated_errors():
@@ -265,13 +245,33 @@ class MongoStore(Store):
             with _translated_errors():
                 self._outbox().delete_many({"_id": {"$in": list(event_ids)}})
 
+    def outbox_failed(self, event_id: str, reason: str, *, park_after: int) -> int:
+        with _translated_errors():
+            outbox = self._outbox()
+            # only the relay holding the lease reports a failure: no other write races this
+            raw = outbox.find_one_and_update(
+                {"_id": event_id, **_WAITING},
+                {"$inc": {"attempts": 1}, "$set": {"last_error": reason}},
+                return_document=ReturnDocument.AFTER,
+            )
+            if raw is None:
+                return 0
+            if raw["attempts"] >= park_after:
+                outbox.update_one({"_id": event_id}, {"$set": {"parked_at": self._clock()}})
+        return raw["attempts"]
+
+    def outbox_parked(self) -> list[ParkedEvent]:
+        with _translated_errors():
+            raws = self._outbox().find({"parked_at": {"$ne": None}}, sort=[("seq", 1)])
+            return [ParkedEvent(r["body"], r["attempts"], r.get("last_error") or "") for r in raws]
+
     def outbox_pending(self) -> int:
         with _translated_errors():
-            return self._outbox().count_documents({})
+            return self._outbox().count_documents(_WAITING)
 
     def iter_outbox(self) -> Iterator[Document]:
         with _translated_errors():
-            bodies = [raw["body"] for raw in self._outbox().find({}, sort=[("seq", 1)])]
+            bodies = [raw["body"] for raw in self._outbox().find(_WAITING, sort=[("seq", 1)])]
         yield from bodies
 
 
@@ -388,8 +388,8 @@ class MongoCollection(Collection):
 
     # -- single documents -----------------------------------------------------------------
 
-    def insert(self, doc: Document, *, events: Sequence[OutboxEvent] = ()) -> Document:
-        new = _json_copy(check_new_document(doc))
+    def _insert(self, doc: Document, events: Events) -> Document:
+        new = _json_copy(doc)
         new["version"] = 1
         outbox = self._store.outbox_documents(events)
         with (
@@ -405,19 +405,12 @@ class MongoCollection(Collection):
             raw = self._coll().find_one({"_id": doc_id}, session=self._store.session())
         return None if raw is None else self._document(raw)
 
-    def update(
-        self,
-        doc_id: str,
-        changes: Mapping[str, Any],
-        *,
-        expected_version: int | None = None,
-        events: Sequence[OutboxEvent] = (),
+    def _update(
+        self, doc_id: str, changes: Changes, expected_version: int | None, events: Events
     ) -> Document:
-        changes = _json_copy(check_changes(changes))
+        changes = _json_copy(changes)
         outbox = self._store.outbox_documents(events)
-        selector: dict[str, Any] = {"_id": doc_id}
-        if expected_version is not None:
-            selector["version"] = expected_version
+        selector = _selector(doc_id, expected_version)
         with (
             _translated_errors(lambda exc: self._duplicate(exc, {"id": doc_id, **changes})),
             self._store._writing(together=bool(events)) as session,
@@ -441,17 +434,9 @@ class MongoCollection(Collection):
             raise NotFound(doc_id)
         raise VersionConflict(f"{doc_id}: version is {current['version']}, not {expected_version}")
 
-    def delete(
-        self,
-        doc_id: str,
-        *,
-        expected_version: int | None = None,
-        events: Sequence[OutboxEvent] = (),
-    ) -> bool:
+    def _delete(self, doc_id: str, expected_version: int | None, events: Events) -> bool:
         outbox = self._store.outbox_documents(events)
-        selector: dict[str, Any] = {"_id": doc_id}
-        if expected_version is not None:
-            selector["version"] = expected_version
+        selector = _selector(doc_id, expected_version)
         with _translated_errors(), self._store._writing(together=bool(events)) as session:
             if self._coll().delete_one(selector, session=session).deleted_count == 0:
                 if expected_version is None:
@@ -466,26 +451,19 @@ class MongoCollection(Collection):
     # -- many documents -------------------------------------------------------------------
 
     def _filter(self, where: Where) -> dict[str, Any]:
-        check_where(where)
         return where_filter(self.spec, where)
 
-    def find_one(self, where: Where) -> Document | None:
+    def _find_one(self, where: Where) -> Document | None:
         with _translated_errors():
             raw = self._coll().find_one(self._filter(where), session=self._store.session())
         return None if raw is None else self._document(raw)
 
-    def count(self, where: Where) -> int:
+    def _count(self, where: Where) -> int:
         with _translated_errors():
             return self._coll().count_documents(self._filter(where), session=self._store.session())
 
-    def update_many(
-        self,
-        where: Where,
-        changes: Mapping[str, Any],
-        *,
-        events: Sequence[OutboxEvent] = (),
-    ) -> int:
-        changes = _json_copy(check_changes(changes))
+    def _update_many(self, where: Where, changes: Changes, events: Events) -> int:
+        changes = _json_copy(changes)
         outbox = self._store.outbox_documents(events)
         selector = self._filter(where)
         with (
@@ -501,7 +479,7 @@ class MongoCollection(Collection):
                 self._store.write_outbox(outbox, session)
         return matched
 
-    def delete_many(self, where: Where, *, events: Sequence[OutboxEvent] = ()) -> int:
+    def _delete_many(self, where: Where, events: Events) -> int:
         outbox = self._store.outbox_documents(events)
         selector = self._filter(where)
         with _translated_errors(), self._store._writing(together=True) as session:
@@ -510,19 +488,13 @@ class MongoCollection(Collection):
                 self._store.write_outbox(outbox, session)
         return deleted
 
-    def claim(
-        self,
-        where: Where,
-        changes: Mapping[str, Any],
-        sort: Sequence[tuple[str, int]] = (),
-    ) -> Document | None:
-        changes = _json_copy(check_changes(changes))
-        order = normalize_sort(Query(sort=tuple(sort)))
+    def _claim(self, where: Where, changes: Changes, sort: SortSpec) -> Document | None:
+        changes = _json_copy(changes)
         with _translated_errors(lambda exc: self._duplicate(exc, changes)):
             raw = self._coll().find_one_and_update(
                 self._filter(where),
                 self._update_document(changes),
-                sort=mongo_sort(order),
+                sort=mongo_sort(sort),
                 return_document=ReturnDocument.AFTER,
                 session=self._store.session(),
             )
@@ -530,22 +502,12 @@ class MongoCollection(Collection):
 
     # -- find -----------------------------------------------------------------------------
 
-    def find(self, query: Query) -> Page:
-        sort = normalize_sort(query)
-        limit = check_limit(query.limit)
+    def _find(self, request: FindRequest) -> Page:
+        query, sort = request.query, request.sort
         selector = self._filter(query.where)
-        if query.near is not None:
-            check_near(query.near)
-            if not self.spec.geo_field:
-                raise ValueError(f"collection {self.spec.name!r} has no geo_field")
         if query.text is not None:
-            if not self.spec.text_fields:
-                raise ValueError(f"collection {self.spec.name!r} has no text_fields")
-            if not text_words(query.text):
-                return Page(items=[], next_cursor=None)
             selector.update(text_filter(query.text))
-        after = decode_cursor(query.cursor, sort) if query.cursor else None
-        keyset = after_filter(sort, after) if after is not None else {}
+        keyset = after_filter(sort, request.after) if request.after is not None else {}
         session = self._store.session()
         with _translated_errors():
             if query.near is None:
@@ -553,43 +515,29 @@ class MongoCollection(Collection):
                     self._coll().find(
                         {**selector, **keyset},
                         sort=mongo_sort(sort),
-                        limit=limit + 1,
+                        limit=query.limit + 1,
                         session=session,
                     )
                 )
             else:
-                raws = list(
-                    self._coll().aggregate(
-                        self._near_pipeline(query, sort, selector, keyset), session=session
-                    )
-                )
-        items = []
-        for raw in raws[:limit]:
+                pipeline = near_pipeline(query.near, sort, selector, keyset, query.limit + 1)
+                raws = list(self._coll().aggregate(pipeline, session=session))
+
+        def document(raw: Mapping[str, Any]) -> Document:
             doc = self._document(raw)
             if query.near is not None:
                 doc["distance_km"] = raw[DISTANCE_FIELD]
-            items.append(doc)
-        next_cursor = None
-        if len(raws) > limit:
-            next_cursor = encode_cursor(sort, sort_values(raws[limit - 1], sort))
-        return Page(items=items, next_cursor=next_cursor)
+            return doc
 
-    @staticmethod
-    def _near_pipeline(
-        query: Query, sort: Any, selector: dict[str, Any], keyset: dict[str, Any]
-    ) -> list[dict[str, Any]]:
-        near = query.near
-        assert near is not None
-        pipeline: list[dict[str, Any]] = [
-            {"$match": {**selector, **geo_prefilter(near)}},  # $text must be in the first stage
-            {"$addFields": {DISTANCE_FIELD: distance_expression(near)}},
-            {"$match": {DISTANCE_FIELD: {"$lte": near.radius_km}}},
-        ]
-        if keyset:
-            pipeline.append({"$match": keyset})
-        pipeline.append({"$sort": dict(mongo_sort(sort))})
-        pipeline.append({"$limit": query.limit + 1})
-        return pipeline
+        return request.page(raws, document, lambda raw: sort_values(raw, sort))
+
+
+def _selector(doc_id: str, expected_version: int | None) -> dict[str, Any]:
+    """The document ``doc_id``, when its version is ``expected_version`` (if given)."""
+    selector: dict[str, Any] = {"_id": doc_id}
+    if expected_version is not None:
+        selector["version"] = expected_version
+    return selector
 
 
 def _index_name(kind: str, fields: tuple[str, ...]) -> str:

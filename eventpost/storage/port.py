@@ -12,7 +12,13 @@ Domain events go through an outbox: every write method takes ``events``, written
 atomic store operation as the change; :class:`eventpost.messaging.relay.OutboxRelay` claims
 and publishes them. A write that changes nothing (``delete`` of a missing document,
 ``update_many``/``delete_many`` matching none) writes no events either. Each event needs a
-unique string ``id``.
+unique string ``id``. An event whose publish fails is counted (:meth:`Store.outbox_failed`);
+at the relay's limit it is parked: kept, never claimed again (:meth:`Store.outbox_parked`).
+
+The values the port speaks in are in :mod:`eventpost.storage.values`, its errors in
+:mod:`eventpost.storage.errors`; :mod:`eventpost.storage` exports them all. Stores are opened
+with :func:`eventpost.storage.open_store`, collections lazily with
+:class:`eventpost.storage.LazyCollection`.
 """
 
 from __future__ import annotations
@@ -20,213 +26,147 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from eventpost.settings import Settings
+from eventpost.storage._query import (
+    FindRequest,
+    SortSpec,
+    check_changes,
+    check_new_document,
+    check_where,
+    normalize_sort,
+)
 
-Document = dict[str, Any]
-#: An outbox record: a message envelope (see :mod:`eventpost.messaging.envelope`) as a dict
-#: with at least ``id``, ``type``, ``occurred_at``, ``request_id`` and ``payload``.
-OutboxEvent = Mapping[str, Any]
+# eventpost.storage.optimistic imports VersionConflict from the port
+from eventpost.storage.errors import VersionConflict  # noqa: F401
+from eventpost.storage.values import (
+    CollectionSpec,
+    Document,
+    OutboxEvent,
+    Page,
+    ParkedEvent,
+    Query,
+    Where,
+)
 
-
-class StorageError(Exception):
-    """Base of every error the storage port raises."""
-
-
-class DuplicateKey(StorageError):
-    """A unique constraint (including the ``id``) would be broken."""
-
-    def __init__(self, fields: Sequence[str] = ()) -> None:
-        self.fields = tuple(fields)
-        super().__init__(f"duplicate key on {', '.join(self.fields) or 'a unique index'}")
-
-
-class NotFound(StorageError):
-    """No document with that id."""
-
-
-class VersionConflict(StorageError):
-    """The document's version is not the one the caller expected (optimistic locking)."""
-
-
-class InvalidCursor(StorageError, ValueError):
-    """:attr:`Query.cursor` is not a ``next_cursor`` of a query with the same sort (malformed,
-    tampered with, or from another query): a bad request parameter (422)."""
-
-
-@dataclass(frozen=True)
-class AnyOf:
-    """Filter: the field equals any of ``values`` (for array fields: any element does)."""
-
-    values: tuple[Any, ...]
-
-    def __init__(self, values: Sequence[Any]) -> None:
-        object.__setattr__(self, "values", tuple(values))
-
-
-@dataclass(frozen=True)
-class Range:
-    """Filter: the field lies in a range; unset bounds are open."""
-
-    gte: Any = None
-    gt: Any = None
-    lte: Any = None
-    lt: Any = None
-
-
-@dataclass(frozen=True)
-class Near:
-    """Filter: the collection's geo point lies within ``radius_km`` of (lat, lng).
-
-    Results of a query with ``near`` carry ``distance_km`` (great-circle distance on a sphere
-    of radius 6371.0088 km) on each document."""
-
-    lat: float
-    lng: float
-    radius_km: float
-
-
-#: A filter: dotted field path -> a plain value (equality; ``None`` matches missing or null),
-#: an :class:`AnyOf` or a :class:`Range`.
-Where = Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class Query:
-    """What :meth:`Collection.find` looks for.
-
-    ``sort`` is a sequence of (field, 1 | -1); the special field ``distance`` sorts by
-    distance and needs ``near``. ``id`` is always appended as the final tie-breaker, so
-    pagination is stable. ``text`` matches documents whose text fields contain every word of
-    it (case-insensitively; the words are searched literally, never as operators or patterns).
-    A word is a run of letters and digits; everything else only separates words, so a text
-    without any word (e.g. ``"*?"``) matches nothing.
-    ``cursor`` is the ``next_cursor`` of the previous page of the same query (else
-    :class:`InvalidCursor`). ``limit`` must be >= 1.
-
-    Filters compare scalars (str, int, float, bool, None); a field filtered or sorted on
-    should hold one type across the collection. Top-level field names starting with ``_`` or
-    ``$`` are reserved for the adapters (ValueError)."""
-
-    where: Where = field(default_factory=dict)
-    text: str | None = None
-    near: Near | None = None
-    sort: tuple[tuple[str, int], ...] = ()
-    limit: int = 20
-    cursor: str | None = None
-
-
-@dataclass
-class Page:
-    """One page of results; ``next_cursor`` is None on the last page."""
-
-    items: list[Document]
-    next_cursor: str | None
-
-
-@dataclass(frozen=True)
-class CollectionSpec:
-    """A collection and the indexes it needs.
-
-    - ``unique``: field tuples that must be unique together; documents where a field is
-      missing or null are not constrained.
-    - ``indexes``: non-unique field tuples the service filters and sorts on.
-    - ``array_fields``: fields holding lists of scalars; equality and :class:`AnyOf` on them
-      match any element.
-    - ``text_fields``: the fields :attr:`Query.text` searches.
-    - ``geo_field``: dotted path of a ``{"lat": float, "lng": float, ...}`` object that
-      :attr:`Query.near` measures from.
-    - ``geo_time_field``: optionally, a time field (holding
-      :func:`eventpost.timeutil.format_time` strings) indexed together with the geo point,
-      so that a ``near`` query with a :class:`Range` on it is one look-up (an index hint:
-      results are the same with or without it; needs ``geo_field``).
-    """
-
-    name: str
-    unique: tuple[tuple[str, ...], ...] = ()
-    indexes: tuple[tuple[str, ...], ...] = ()
-    array_fields: tuple[str, ...] = ()
-    text_fields: tuple[str, ...] = ()
-    geo_field: str | None = None
-    geo_time_field: str | None = None
+#: Checked changes: top-level fields to set (see :meth:`Collection.update`).
+Changes = dict[str, Any]
+#: The outbox events a write puts into the outbox with its change.
+Events = Sequence[OutboxEvent]
 
 
 class Collection(abc.ABC):
-    """One collection of documents."""
+    """One collection of documents.
+
+    The public methods are the port: they check their input the same way for every adapter
+    and hand it, checked, to the adapter's methods (the abstract ``_`` ones below)."""
 
     spec: CollectionSpec
 
-    @abc.abstractmethod
-    def insert(self, doc: Document, *, events: Sequence[OutboxEvent] = ()) -> Document:
+    def insert(self, doc: Document, *, events: Events = ()) -> Document:
         """Store a new document (it must have an ``id``); returns it with ``version`` 1.
         Raises :class:`DuplicateKey`."""
+        return self._insert(check_new_document(doc), events)
 
     @abc.abstractmethod
     def get(self, doc_id: str) -> Document | None:
         """The document with that id, or None."""
 
-    @abc.abstractmethod
     def update(
         self,
         doc_id: str,
         changes: Mapping[str, Any],
         *,
         expected_version: int | None = None,
-        events: Sequence[OutboxEvent] = (),
+        events: Events = (),
     ) -> Document:
         """Set top-level fields (a value of None stores null); returns the new document.
         Raises :class:`NotFound`, :class:`VersionConflict` when ``expected_version`` is given
         and differs, :class:`DuplicateKey`."""
+        return self._update(doc_id, check_changes(changes), expected_version, events)
 
-    @abc.abstractmethod
     def delete(
-        self,
-        doc_id: str,
-        *,
-        expected_version: int | None = None,
-        events: Sequence[OutboxEvent] = (),
+        self, doc_id: str, *, expected_version: int | None = None, events: Events = ()
     ) -> bool:
         """Remove a document; False when there was none. Raises :class:`VersionConflict`."""
+        return self._delete(doc_id, expected_version, events)
 
-    @abc.abstractmethod
     def find(self, query: Query) -> Page:
         """Documents matching the query, sorted and paginated."""
+        request = FindRequest.of(query, self.spec)
+        if request is None:
+            return Page(items=[], next_cursor=None)
+        return self._find(request)
 
-    @abc.abstractmethod
     def find_one(self, where: Where) -> Document | None:
         """Any one document matching ``where``."""
+        check_where(where)
+        return self._find_one(where)
 
-    @abc.abstractmethod
     def count(self, where: Where) -> int:
         """How many documents match ``where``."""
+        check_where(where)
+        return self._count(where)
 
-    @abc.abstractmethod
-    def update_many(
-        self,
-        where: Where,
-        changes: Mapping[str, Any],
-        *,
-        events: Sequence[OutboxEvent] = (),
-    ) -> int:
+    def update_many(self, where: Where, changes: Mapping[str, Any], *, events: Events = ()) -> int:
         """Set fields on every matching document (each gets version + 1); how many changed."""
+        check_where(where)
+        return self._update_many(where, check_changes(changes), events)
 
-    @abc.abstractmethod
-    def delete_many(self, where: Where, *, events: Sequence[OutboxEvent] = ()) -> int:
+    def delete_many(self, where: Where, *, events: Events = ()) -> int:
         """Remove every matching document; how many went."""
+        check_where(where)
+        return self._delete_many(where, events)
 
-    @abc.abstractmethod
     def claim(
-        self,
-        where: Where,
-        changes: Mapping[str, Any],
-        sort: Sequence[tuple[str, int]] = (),
+        self, where: Where, changes: Mapping[str, Any], sort: Sequence[tuple[str, int]] = ()
     ) -> Document | None:
         """Atomically take the first matching document (by ``sort``, then id), apply
         ``changes`` (version + 1) and return the changed document; None when none matches.
         Two concurrent claims never get the same document."""
+        check_where(where)
+        order = normalize_sort(Query(sort=tuple(sort)))
+        return self._claim(where, check_changes(changes), order)
+
+    # -- what an adapter implements (input checked) -----------------------------------------
+
+    @abc.abstractmethod
+    def _insert(self, doc: Document, events: Events) -> Document:
+        """Insert ``doc`` (its ``version`` left out) with version 1."""
+
+    @abc.abstractmethod
+    def _update(
+        self, doc_id: str, changes: Changes, expected_version: int | None, events: Events
+    ) -> Document:
+        """Apply ``changes`` to the document ``doc_id``."""
+
+    @abc.abstractmethod
+    def _delete(self, doc_id: str, expected_version: int | None, events: Events) -> bool:
+        """Remove the document ``doc_id``."""
+
+    @abc.abstractmethod
+    def _find(self, request: FindRequest) -> Page:
+        """The page a checked query asks for."""
+
+    @abc.abstractmethod
+    def _find_one(self, where: Where) -> Document | None:
+        """Any one document matching ``where``."""
+
+    @abc.abstractmethod
+    def _count(self, where: Where) -> int:
+        """How many documents match ``where``."""
+
+    @abc.abstractmethod
+    def _update_many(self, where: Where, changes: Changes, events: Events) -> int:
+        """Apply ``changes`` to every document matching ``where``."""
+
+    @abc.abstractmethod
+    def _delete_many(self, where: Where, events: Events) -> int:
+        """Remove every document matching ``where``."""
+
+    @abc.abstractmethod
+    def _claim(self, where: Where, changes: Changes, sort: SortSpec) -> Document | None:
+        """Take the first document matching ``where`` in the order ``sort`` (ends with id)."""
 
 
 class Store(abc.ABC):
@@ -242,6 +182,12 @@ class Store(abc.ABC):
         transaction; MongoDB: a multi-document transaction, which needs a replica set)."""
 
     @abc.abstractmethod
+    def supports_transactions(self) -> bool:
+        """Whether :meth:`transaction` is all or nothing here (SQLite: always; MongoDB: on a
+        replica set or a sharded cluster, not on a standalone server). Without it the writes
+        of a transaction happen one after the other, and the ones before an error stay."""
+
+    @abc.abstractmethod
     def ping(self) -> None:
         """Raise when the database cannot be reached (used by ``/ready``)."""
 
@@ -254,30 +200,29 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def outbox_claim(self, owner: str, lease_seconds: float, limit: int = 100) -> list[Document]:
         """Lease up to ``limit`` unpublished outbox events, oldest first, to ``owner``.
-        An event whose lease ran out (its relay died) can be claimed again."""
+        An event whose lease ran out (its relay died) can be claimed again; a parked one
+        never is."""
 
     @abc.abstractmethod
     def outbox_done(self, event_ids: Sequence[str]) -> None:
         """Forget outbox events that were published (confirmed by the broker)."""
 
+    @abc.abstractmethod
+    def outbox_failed(self, event_id: str, reason: str, *, park_after: int) -> int:
+        """Count one failed publish of the outbox event ``event_id``: its attempt count goes
+        up by one and ``reason`` is kept as its last error. When the count reaches
+        ``park_after`` the event is parked: kept in the store (see :meth:`outbox_parked`),
+        never claimed again. Its lease stays, so it is tried again when the lease ends.
+        Returns the attempt count; 0 when no such event waits (published or parked)."""
+
+    @abc.abstractmethod
+    def outbox_parked(self) -> list[ParkedEvent]:
+        """Every parked outbox event, oldest first."""
+
+    @abc.abstractmethod
     def outbox_pending(self) -> int:
-        """How many outbox events wait to be published."""
-        raise NotImplementedError
+        """How many outbox events wait to be published (parked ones do not)."""
 
-    def iter_outbox(self) -> Iterator[Document]:  # pragma: no cover - optional helper
-        """Every outbox event not yet published (diagnostics)."""
-        raise NotImplementedError
-
-
-def open_store(settings: Settings, service: str | None = None) -> Store:
-    """The store of ``service``: MongoDB database ``eventpost_<service>`` when
-    ``MONGODB_URL`` is set, else the SQLite file ``DATA_DIR/<service>.sqlite3``."""
-    name = service or settings.service
-    if settings.mongodb_url:
-        from eventpost.storage.mongo import MongoStore
-
-        return MongoStore(settings.mongodb_url, database=f"eventpost_{name}")
-    from eventpost.storage.sqlite import SqliteStore
-
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return SqliteStore(settings.data_dir / f"{name}.sqlite3")
+    @abc.abstractmethod
+    def iter_outbox(self) -> Iterator[Document]:
+        """Every outbox event waiting to be published, oldest first (diagnostics)."""

@@ -151,8 +151,7 @@ class EventsStore:
         answered; a reader that sees the new stamp therefore sees the write. Only a crash
         between the two leaves other processes' caches stale, for at most their TTL."""
         self._ensure_stamp()
-        supports = getattr(self.store, "supports_transactions", None)
-        if supports is not None and not supports():
+        if not self.store.supports_transactions():
             return contextlib.nullcontext()
         return self.store.transaction()
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -47,9 +46,8 @@ from typing import Any, TypeVar
 from eventpost import contracts
 from eventpost.ids import worker_name
 from eventpost.logs import configure_logging
-from eventpost.loops import Backoff, backoff_delay, run_rounds
-from eventpost.messaging import EXCHANGE, Envelope, OutboxRelay, Publisher, PublishError
-from eventpost.messaging.publisher import Unroutable
+from eventpost.loops import Backoff, run_rounds
+from eventpost.messaging import EXCHANGE, OutboxRelay, Publisher
 from eventpost.messaging.worker import Worker
 from eventpost.settings import Settings
 from eventpost.storage import StorageError, Store, open_store
@@ -64,20 +62,6 @@ _T = TypeVar("_T")
 DEFAULT_LEASE_SECONDS = 10.0
 DEFAULT_BATCH = 100
 DEFAULT_RELAY_LEASE_SECONDS = 10.0
-
-
-class JobPublisher(Publisher):
-    """A :class:`Publisher` for email jobs: a job no queue is bound to (the email-sender has
-    never declared its queue) is an error to retry later, not a message to drop, so the relay
-    leaves it in the outbox instead of losing a reminder."""
-
-    def publish(self, envelope: Envelope, routing_key: str | None = None) -> None:
-        try:
-            super().publish(envelope, routing_key)
-        except Unroutable as exc:
-            raise PublishError(
-                f"no queue takes {envelope.type!r} yet; the job stays in the outbox"
-            ) from exc
 
 
 def new_owner() -> str:
@@ -233,45 +217,6 @@ class ReminderDispatcher:
         log.info("dispatcher stopped", extra={"owner": self.owner})
 
 
-class WakeableRelay:
-    """Runs an :class:`OutboxRelay` in its own thread, woken by the dispatcher as soon as a
-    round put jobs into the outbox (else it looks every ``poll_interval``), so publishing
-    never holds up claiming and a due job waits for no poll."""
-
-    def __init__(self, poll_interval: float = 0.5) -> None:
-        self.poll_interval = poll_interval
-        self._wake = threading.Event()
-
-    def wake(self) -> None:
-        """Publish now (called from the dispatcher's thread)."""
-        self._wake.set()
-
-    def run(self, relay: OutboxRelay, stop: threading.Event) -> None:
-        """Publish until ``stop``: drain the outbox, wait to be woken; back off (ignoring
-        wake-ups) while the broker cannot be reached, the jobs staying in the outbox."""
-        failures = 0
-        while not stop.is_set():
-            self._wake.clear()
-            wait = self.poll_interval
-            try:
-                while relay.run_once() >= relay.batch and not stop.is_set():
-                    pass
-                failures = 0
-            except Exception as exc:
-                wait = backoff_delay(failures, 0.5, 10.0)
-                failures += 1
-                log.warning(
-                    "could not publish the outbox now; the jobs wait there",
-                    extra={"error": repr(exc), "retry_in_seconds": round(wait, 2)},
-                )
-            relay.publisher.keepalive()
-            deadline = time.monotonic() + wait
-            while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
-                if self._wake.wait(min(remaining, 0.2)) and failures == 0:
-                    break
-        log.info("dispatcher relay stopped")
-
-
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -292,7 +237,8 @@ def main(
     configure_logging("dispatcher", settings.log_level)
     owner = new_owner()
 
-    relay = WakeableRelay()
+    # Set by the dispatcher after a round that handed jobs over: the relay publishes them now.
+    jobs_handed_over = threading.Event()
     # One store for both loops: the SQLite adapter keeps a connection per thread and
     # MongoDB's client is thread-safe. Publishers (pika) stay in their own thread.
     store = open_store(settings, "notifications")
@@ -304,23 +250,27 @@ def main(
             lease_seconds=args.lease,
             batch=args.batch,
             interval=settings.dispatch_interval,
-            on_handed_over=relay.wake,
+            on_handed_over=jobs_handed_over.set,
         ).run(stop)
 
     def relay_loop(stop: threading.Event) -> None:
-        publisher = JobPublisher(
+        publisher = Publisher(
             settings.amqp_url,
             exchange=args.exchange,
             connection_name=f"eventpost-{owner}",
             subscriptions=contracts.SUBSCRIPTIONS if args.exchange == EXCHANGE else None,
         )
+        relay = OutboxRelay(
+            store,
+            publisher,
+            owner=f"{owner}:relay",
+            lease_seconds=args.relay_lease,
+            poll_interval=0.5,
+            error_backoff=(0.5, 10.0),
+            drop_unroutable=False,  # a job waits for the email-sender's queue, never dropped
+        )
         try:
-            relay.run(
-                OutboxRelay(
-                    store, publisher, owner=f"{owner}:relay", lease_seconds=args.relay_lease
-                ),
-                stop,
-            )
+            relay.run(stop, wake=jobs_handed_over)
         finally:
             publisher.close()
 

@@ -23,11 +23,10 @@ from collections.abc import Sequence
 
 from eventpost.contracts import SUBSCRIPTIONS
 from eventpost.logs import configure_logging
-from eventpost.messaging import EXCHANGE, Consumer, Envelope, OutboxRelay, Worker
+from eventpost.messaging import EXCHANGE, Consumer, Envelope, OutboxRelay, Publisher, Worker
 from eventpost.settings import Settings
 from eventpost.storage import Store, open_store
 from services.notifications.consumers import QUEUES, NotificationHandlers
-from services.notifications.dispatcher import JobPublisher
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +54,17 @@ def build_worker(
     handlers = NotificationHandlers(store)
 
     def relay_loop(stop: threading.Event) -> None:
-        publisher = JobPublisher(
+        publisher = Publisher(
             settings.amqp_url,
             exchange=exchange,
             connection_name=f"eventpost-{name}:relay",
             subscriptions=SUBSCRIPTIONS if exchange == EXCHANGE else None,
         )
         try:
-            OutboxRelay(store, publisher, lease_seconds=relay_lease).run(stop)
+            # an email job waits for the email-sender's queue: never dropped as unroutable
+            OutboxRelay(store, publisher, lease_seconds=relay_lease, drop_unroutable=False).run(
+                stop
+            )
         finally:
             publisher.close()
 

@@ -68,7 +68,7 @@ def needs(store: Store, feature: str) -> None:
     if backend == "mongomock" and feature in MONGOMOCK_LACKS:
         pytest.skip(MONGOMOCK_LACKS[feature])
     transactions = backend == "mongodb" and feature == "transactions"
-    if transactions and not store.supports_transactions():  # type: ignore[attr-defined]
+    if transactions and not store.supports_transactions():
         pytest.skip("mongodb: a standalone server has no multi-document transactions")
 
 

@@ -140,3 +140,56 @@ def test_a_nested_transaction_joins_the_outer_one(store, events):
             events.insert({"id": "inner"})
         events.insert({"id": "outer"})
     assert events.count({}) == 2
+
+
+# -- failed publishes and parking ---------------------------------------------------------
+
+
+def test_failed_publishes_are_counted_and_the_event_comes_back_after_its_lease(
+    store, events, clock
+):
+    events.insert({"id": "e1"}, events=[event(1), event(2)])
+    assert claimed_ids(store, lease=30) == ["ev-1", "ev-2"]
+    assert store.outbox_failed("ev-1", "refused", park_after=3) == 1
+    assert claimed_ids(store) == []  # the lease stays: tried again when it ends
+    clock.advance(31)
+    assert claimed_ids(store) == ["ev-1", "ev-2"]
+    assert store.outbox_failed("ev-1", "refused again", park_after=3) == 2
+    assert store.outbox_pending() == 2
+    assert store.outbox_parked() == []
+
+
+def test_an_event_is_parked_at_its_last_allowed_attempt(store, events, clock):
+    events.insert({"id": "e1"}, events=[event(1), event(2), event(3)])
+    assert claimed_ids(store, lease=10) == ["ev-1", "ev-2", "ev-3"]
+    assert store.outbox_failed("ev-2", "refused 1", park_after=2) == 1
+    store.outbox_done(["ev-1", "ev-3"])
+    clock.advance(11)
+    assert claimed_ids(store, lease=10) == ["ev-2"]
+    assert store.outbox_failed("ev-2", "refused 2", park_after=2) == 2
+    clock.advance(1000)
+    assert claimed_ids(store) == []  # parked: never leased again
+    assert store.outbox_pending() == 0
+    assert list(store.iter_outbox()) == []
+    [parked] = store.outbox_parked()
+    assert (parked.event, parked.attempts, parked.reason) == (event(2), 2, "refused 2")
+
+
+def test_a_parked_event_stays_while_the_others_flow(store, events, clock):
+    events.insert({"id": "e1"}, events=[event(1)])
+    claimed_ids(store)
+    assert store.outbox_failed("ev-1", "poison", park_after=1) == 1
+    events.insert({"id": "e2"}, events=[event(2)])
+    assert claimed_ids(store) == ["ev-2"]
+    store.outbox_done(["ev-2"])
+    assert [p.event["id"] for p in store.outbox_parked()] == ["ev-1"]
+    assert store.outbox_failed("ev-1", "again", park_after=1) == 0  # parked: not counted
+    assert store.outbox_parked()[0].attempts == 1
+
+
+def test_a_failure_of_an_unknown_event_counts_nothing(store, events):
+    assert store.outbox_failed("ev-unknown", "gone", park_after=1) == 0
+    events.insert({"id": "e1"}, events=[event(1)])
+    store.outbox_done(["ev-1"])
+    assert store.outbox_failed("ev-1", "published meanwhile", park_after=1) == 0
+    assert store.outbox_parked() == []

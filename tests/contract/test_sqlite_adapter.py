@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import eventpost.storage.sqlite as sqlite_adapter
+import eventpost.storage._sqlite_find as sqlite_planner
+from eventpost.geo import haversine_km
 from eventpost.storage import AnyOf, CollectionSpec, DuplicateKey, Near, Query, Range
-from eventpost.storage._query import haversine_km
 from eventpost.storage._sqlite_schema import CollectionSchema
 from eventpost.storage.sqlite import SqliteStore
 from tests.contract.conftest import EVENTS
@@ -229,7 +229,7 @@ PLANS = {
 @pytest.mark.parametrize("plan", list(PLANS))
 def test_every_plan_pages_through_the_right_documents(tmp_path, monkeypatch, plan):
     for name, value in PLANS[plan].items():
-        monkeypatch.setattr(sqlite_adapter, name, value)
+        monkeypatch.setattr(sqlite_planner, name, value)
     rng = random.Random(20260101)
     store = SqliteStore(tmp_path / "s.sqlite3")
     events = store.collection(EVENTS)
@@ -303,7 +303,7 @@ def test_every_plan_with_a_time_dimension_pages_through_the_right_documents(
     tmp_path, monkeypatch, plan
 ):
     for name, value in PLANS[plan].items():
-        monkeypatch.setattr(sqlite_adapter, name, value)
+        monkeypatch.setattr(sqlite_planner, name, value)
     rng = random.Random(20260301)
     store = SqliteStore(tmp_path / "s.sqlite3")
     events = store.collection(TIMED_EVENTS)
@@ -371,3 +371,20 @@ def test_a_file_with_a_flat_geo_index_gets_the_time_dimension(tmp_path):
     # and back: a spec without the time field rebuilds the flat index
     SqliteStore(path).collection(EVENTS)
     assert list(_geo_tables(path)) == ["events__geo"]
+
+
+def test_an_outbox_written_before_attempts_were_counted_gets_the_new_columns(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "id TEXT NOT NULL UNIQUE, body TEXT NOT NULL, lease_owner TEXT, lease_until REAL)"
+    )
+    conn.execute("INSERT INTO outbox(id, body) VALUES ('ev-old', '{\"id\": \"ev-old\"}')")
+    conn.commit()
+    conn.close()
+    store = SqliteStore(path)
+    assert [e["id"] for e in store.outbox_claim("relay", 30.0)] == ["ev-old"]
+    assert store.outbox_failed("ev-old", "refused", park_after=1) == 1
+    assert [p.event["id"] for p in store.outbox_parked()] == ["ev-old"]
+    store.close()

@@ -3,12 +3,17 @@ process killed between claiming and publishing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -24,6 +29,7 @@ from tests.integration._amqp import (
     unique,
     wait_until,
 )
+from tests.integration.test_dispatcher_support import proxy_to
 
 pytestmark = pytest.mark.rabbitmq
 __all__ = ["broker"]  # the fixture, imported for pytest
@@ -86,6 +92,7 @@ def test_failed_publish_keeps_the_events_until_the_lease_runs_out(broker: Broker
     with pytest.raises(PublishError):
         OutboxRelay(store, down, owner="dead", lease_seconds=0.5).run_once()
     assert store.outbox_pending() == 3
+    assert store.outbox_parked() == []
 
     with publisher_for(broker) as publisher:
         relay = OutboxRelay(store, publisher, owner="alive")
@@ -155,4 +162,89 @@ def test_relay_killed_between_claim_and_publish_publishes_after_restart(
         (e.id, e.request_id) for e in envelopes
     ]
     assert all(p["service"] == f"{service}-relay" for p in published)
+    store.close()
+
+
+@contextlib.contextmanager
+def relay_running(relay: OutboxRelay) -> Iterator[threading.Thread]:
+    """``relay.run`` in a thread; stopped and joined on the way out."""
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop,), name="test-relay", daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        stop.set()
+        thread.join(30)
+        assert not thread.is_alive(), "the relay did not stop"
+
+
+def test_an_event_the_broker_refuses_is_parked_and_the_others_go_out(
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    key = unique("k")
+    sink = broker.bound_queue(key)
+    store = SqliteStore(tmp_path / "svc.sqlite3")
+    first, second, later = (Envelope.new(key, {"n": n}) for n in range(3))
+    # AMQP carries the type (routing key and `type` property) in at most 255 bytes: no
+    # broker takes this one, whatever else it takes.
+    poison = Envelope.new("x" * 300, {})
+    save_events(store, first, poison, second)
+    caplog.set_level(logging.INFO, logger="eventpost.messaging.relay")
+    with publisher_for(broker) as publisher:
+        relay = OutboxRelay(store, publisher, lease_seconds=0.3, poll_interval=0.05, park_after=3)
+        with relay_running(relay) as thread:
+            wait_until(lambda: store.outbox_parked(), what="the poison event to be parked")
+            save_events(store, later)
+            wait_until(lambda: broker.depth(sink) == 3, what="the event written after")
+            assert thread.is_alive()
+    assert received_ids(broker, sink) == [first.id, second.id, later.id]
+    [parked] = store.outbox_parked()
+    assert parked.event == poison.to_dict()
+    assert parked.attempts == 3
+    assert "255 bytes" in parked.reason
+    assert store.outbox_pending() == 0
+    [logged] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert (logged.message_type, logged.message_id) == (poison.type, poison.id)
+    assert (logged.attempts, logged.reason) == (3, parked.reason)
+    store.close()
+
+
+def test_a_broker_outage_parks_nothing(broker: Broker, tmp_path: Path, caplog):
+    key = unique("k")
+    sink = broker.bound_queue(key)
+    store = SqliteStore(tmp_path / "svc.sqlite3")
+    before, *during = (Envelope.new(key, {"n": n}) for n in range(4))
+    save_events(store, before)
+    real = urlsplit(broker.url)
+    caplog.set_level(logging.WARNING, logger="eventpost.messaging.relay")
+    with proxy_to(real.hostname or "127.0.0.1", real.port or 5672) as proxy:
+        via_proxy = real._replace(
+            netloc=f"{real.username}:{real.password}@127.0.0.1:{proxy.port}"
+        ).geturl()
+        publisher = Publisher(via_proxy, exchange=broker.exchange, connect_timeout=1.0)
+        # Every failure would park at once: an outage must not count as one.
+        relay = OutboxRelay(
+            store,
+            publisher,
+            lease_seconds=0.3,
+            poll_interval=0.05,
+            park_after=1,
+            error_backoff=(0.05, 0.2),
+        )
+        with publisher, relay_running(relay):
+            wait_until(lambda: broker.depth(sink) == 1, what="the event before the outage")
+            proxy.down()
+            save_events(store, *during)
+            wait_until(
+                lambda: (
+                    sum(r.message == "outbox relay failed; retrying" for r in caplog.records) >= 3
+                ),
+                what="the relay to fail a few rounds",
+            )
+            proxy.up()
+            wait_until(lambda: broker.depth(sink) == 4, what="the events after the outage")
+    assert received_ids(broker, sink) == [e.id for e in (before, *during)]
+    assert store.outbox_parked() == []
+    assert store.outbox_pending() == 0
     store.close()

@@ -7,8 +7,10 @@ import random
 
 import pytest
 
+from eventpost.geo import haversine_km
 from eventpost.storage import CollectionSpec, InvalidCursor, Near, Query
 from eventpost.storage._query import (
+    FindRequest,
     bounding_boxes,
     check_changes,
     check_field,
@@ -17,7 +19,6 @@ from eventpost.storage._query import (
     decode_cursor,
     encode_cursor,
     geo_point,
-    haversine_km,
     normalize_sort,
     text_words,
     time_seconds,
@@ -223,3 +224,45 @@ def test_geo_time_field_needs_a_geo_field():
         check_spec(CollectionSpec(name="x", geo_field="place", geo_time_field="a b"))
     spec = CollectionSpec(name="x", geo_field="place", geo_time_field="starts_at")
     assert check_spec(spec) is spec
+
+
+# -- FindRequest: a query once checked ------------------------------------------------------
+
+PLAIN = CollectionSpec("plain")
+SEARCHABLE = CollectionSpec("searchable", text_fields=("title",), geo_field="place")
+
+
+def test_a_find_request_holds_the_full_sort_the_cursor_and_the_words():
+    cursor = encode_cursor((("title", -1), ("id", -1)), ["b", "x2"])
+    query = Query(text="Jazz night, jazz!", sort=(("title", -1),), cursor=cursor, limit=3)
+    request = FindRequest.of(query, SEARCHABLE)
+    assert request is not None
+    assert request.sort == (("title", -1), ("id", -1))
+    assert request.after == ["b", "x2"]
+    assert request.words == ["Jazz", "night", "jazz"]
+    assert request.limit == 3
+
+
+def test_a_text_without_words_is_no_request():
+    assert FindRequest.of(Query(text="*?"), SEARCHABLE) is None
+
+
+@pytest.mark.parametrize(
+    "query",
+    [Query(text="jazz"), Query(near=Near(0, 0, 1)), Query(limit=0), Query(where={"a": [1]})],
+    ids=["text without text_fields", "near without geo_field", "limit", "filter on a list"],
+)
+def test_a_query_the_collection_cannot_answer_is_refused(query):
+    with pytest.raises(ValueError):
+        FindRequest.of(query, PLAIN)
+
+
+def test_a_page_holds_the_limit_and_a_cursor_after_its_last_row():
+    request = FindRequest.of(Query(sort=(("n", 1),), limit=2), PLAIN)
+    assert request is not None
+    rows = [(1, "a"), (2, "b"), (3, "c")]
+    page = request.page(rows, lambda r: {"id": r[1]}, lambda r: r)
+    assert page.items == [{"id": "a"}, {"id": "b"}]
+    assert decode_cursor(page.next_cursor, request.sort) == [2, "b"]
+    last = request.page(rows[:2], lambda r: {"id": r[1]}, lambda r: r)
+    assert last.next_cursor is None
