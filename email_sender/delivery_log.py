@@ -1,7 +1,7 @@
 """The delivery log: what keeps a redelivered email job from being sent twice.
 
 One record per idempotency key in the collection ``deliveries`` of the email-sender's own
-store (``open_store(settings, "email_sender")``)::
+store (:func:`email_sender.sender.open_delivery_store`)::
 
     {id: <idempotency_key>, status: "sending" | "sent" | "failed", message_id, attempts,
      sent_at, error, permanent, updated_at}

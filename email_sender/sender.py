@@ -6,9 +6,9 @@ message of the queue (``email-sender.jobs`` by default, bound to ``user.created`
 
 1. The message becomes a job (:func:`email_sender.jobs.job_from_message`); a message that
    cannot raises :class:`~eventpost.messaging.PermanentError`, so it is parked at once.
-2. A job whose idempotency key the delivery log (:mod:`email_sender.delivery_log`) knows as sent is
-   not sent again; its ``email.sent`` is published again (it may have been lost). The same
-   for a job the server refused for good (``email.failed`` again).
+2. A job whose idempotency key the delivery log (:mod:`email_sender.delivery_log`) knows as
+   sent is not sent again; its ``email.sent`` is published again (it may have been lost).
+   The same for a job the server refused for good (``email.failed`` again).
 3. The email is built (:func:`email_sender.compose.build_email`) and handed to SMTP
    (:class:`email_sender.mailer.SmtpMailer`).
    - Accepted: logged as sent, ``email.sent`` published (jobs with a ``correlation``), acked.
@@ -30,7 +30,6 @@ in the consumer's handler thread, the one thread that calls :meth:`~EmailSender.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from typing import Any
 
 from email_sender import compose
 from email_sender.delivery_log import FAILED, SENT, DeliveryLog
-from email_sender.jobs import InvalidJob, job_from_message
+from email_sender.jobs import InvalidJob, digest, job_from_message
 from email_sender.mailer import PermanentMailError, SmtpMailer
 from eventpost import contracts
 from eventpost.contracts import EmailFailed, EmailJob, EmailSent
@@ -79,10 +78,6 @@ def open_delivery_store(settings: Settings) -> Store:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return SqliteStore(settings.data_dir / f"{STORE_NAME}.sqlite3", synchronous="NORMAL")
-
-
-def _outcome_id(kind: str, key: str) -> str:
-    return hashlib.sha256(f"{kind}\x00{key}".encode()).hexdigest()[:32]
 
 
 @dataclass(eq=False, kw_only=True)
@@ -282,7 +277,7 @@ class EmailSender:
     def _publish(self, source: Envelope, outcome: contracts.Payload, key: str) -> None:
         kind = outcome.TYPE
         message = outcome.envelope(
-            source.request_id, clock=self.clock, id_factory=lambda: _outcome_id(kind, key)
+            source.request_id, clock=self.clock, id_factory=lambda: digest(kind, key)
         )
         if self._publisher is None:
             self._publisher = self.publisher_factory()
