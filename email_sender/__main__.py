@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from email_sender.consumer import BINDINGS, QUEUE, EmailSender, make_consumer
+from email_sender.sender import BINDINGS, QUEUE, EmailSender, make_consumer
 from eventpost.logs import configure_logging
 from eventpost.messaging import EXCHANGE, Worker
 from eventpost.settings import Settings

@@ -19,6 +19,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from email.message import EmailMessage
 
 from eventpost.settings import Settings
@@ -59,6 +60,7 @@ def classify_reply(code: int, reply: bytes | str) -> MailError:
     return TemporaryMailError(message, code)
 
 
+@dataclass(eq=False)
 class SmtpMailer:
     """Sends emails through one SMTP server, reusing one connection.
 
@@ -67,40 +69,30 @@ class SmtpMailer:
     bounds the connect and every read and write, so a server that stops answering fails the
     send instead of hanging it. ``ssl_context`` defaults to the system's trust store with
     hostname checks. ``noop_after``: a connection idle for longer is checked with NOOP before
-    it is used again.
+    it is used again. ``local_hostname``: the name said in EHLO (default this host's name;
+    smtplib's default is ``socket.getfqdn()``, a DNS lookup that can stall for seconds).
 
     Not thread-safe: one mailer per worker thread.
     """
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        *,
-        tls: str = "none",
-        user: str | None = None,
-        password: str | None = None,
-        timeout: float = 10.0,
-        ssl_context: ssl.SSLContext | None = None,
-        noop_after: float = 1.0,
-        local_hostname: str | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if tls not in TLS_MODES:
-            raise ValueError(f"tls must be one of {', '.join(TLS_MODES)}, got {tls!r}")
-        self.host = host
-        self.port = port
-        self.tls = tls
-        self.user = user
-        self.password = password
-        self.timeout = timeout
-        self.ssl_context = ssl_context
-        self.noop_after = noop_after
-        # smtplib's default is socket.getfqdn(), a DNS lookup that can stall for seconds.
-        self.local_hostname = local_hostname or socket.gethostname() or "localhost"
-        self._clock = clock
-        self._conn: smtplib.SMTP | None = None
-        self._last_used = 0.0
+    host: str
+    port: int
+    _: KW_ONLY
+    tls: str = "none"
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    timeout: float = 10.0
+    ssl_context: ssl.SSLContext | None = None
+    noop_after: float = 1.0
+    local_hostname: str | None = None
+    clock: Callable[[], float] = time.monotonic
+    _conn: smtplib.SMTP | None = field(default=None, init=False, repr=False)
+    _last_used: float = field(default=0.0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.tls not in TLS_MODES:
+            raise ValueError(f"tls must be one of {', '.join(TLS_MODES)}, got {self.tls!r}")
+        self.local_hostname = self.local_hostname or socket.gethostname() or "localhost"
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: object) -> SmtpMailer:
@@ -151,7 +143,7 @@ class SmtpMailer:
             # Timeouts, refused/reset/dropped connections, TLS errors: state unknown.
             self.close()
             raise TemporaryMailError(f"SMTP {self.host}:{self.port}: {exc!r}") from exc
-        self._last_used = self._clock()
+        self._last_used = self.clock()
         if refused:
             # Only with several recipients, some refused: the message went to the others.
             log.warning("some recipients were refused", extra={"refused": str(refused)})
@@ -183,7 +175,7 @@ class SmtpMailer:
         return error
 
     def _connection(self) -> smtplib.SMTP:
-        idle = self._clock() - self._last_used
+        idle = self.clock() - self._last_used
         if self._conn is not None and idle >= self.noop_after and not self._alive(self._conn):
             log.info("SMTP connection went stale, reconnecting")
             self.close()
@@ -225,7 +217,7 @@ class SmtpMailer:
         except BaseException:
             conn.close()
             raise
-        self._last_used = self._clock()
+        self._last_used = self.clock()
         log.info(
             "SMTP connection opened",
             extra={"smtp_host": self.host, "smtp_port": self.port, "tls": self.tls},

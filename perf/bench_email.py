@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 import pika  # noqa: E402
 
 from devtools.smtp_sink import FileSinkHandler, SmtpSink  # noqa: E402
-from email_sender.consumer import BINDINGS  # noqa: E402
+from email_sender.sender import BINDINGS  # noqa: E402
 from eventpost.messaging import Envelope, Publisher, declare_consumer_topology  # noqa: E402
 from eventpost.messaging.topology import retry_queue_name  # noqa: E402
 from eventpost.settings import Settings  # noqa: E402

@@ -1,7 +1,7 @@
 """Consuming envelopes: manual acks, delayed retries, a parking queue, reconnects.
 
 How a message goes through a :class:`Consumer` (see :mod:`eventpost.messaging.topology` for
-the queues):
+the queues, :mod:`eventpost.messaging.delivery` for the decisions):
 
 1. The body is parsed. Not a valid envelope: it is published to ``<queue>.parked`` with header
    ``x-park-reason: malformed`` and acked.
@@ -27,27 +27,42 @@ The handler runs in a thread of its own (always the same one for a consumer) whi
 consumer's thread keeps the connection alive (heartbeats), so a slow handler does not get the
 connection dropped. Objects a handler creates lazily, like a :class:`Publisher`, therefore
 stay in one thread, as pika requires.
+
+Connecting and reconnecting is :func:`eventpost.loops.run_rounds`: one round is one
+connection, from connecting until it is lost (then the round fails and the loop waits its
+backoff) or until :meth:`Consumer.stop`. The backoff starts again from its first delay once
+a connection is up.
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
-import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import pika
 import pika.exceptions
 import pika.spec
 from pika.adapters.blocking_connection import BlockingChannel
 
-from eventpost.logs import request_id_var
+from eventpost.loops import Backoff, run_rounds
+from eventpost.messaging.delivery import (
+    ATTEMPT_HEADER,
+    PARK_REASON_HEADER,
+    Delivery,
+    DeliveryHandler,
+    Handler,
+    OnExhausted,
+    Outcome,
+    PermanentError,
+    Settler,
+    attempt_var,
+)
 from eventpost.messaging.envelope import REQUEST_ID_HEADER, Envelope, MalformedMessage
 from eventpost.messaging.topology import (
     EXCHANGE,
@@ -55,25 +70,9 @@ from eventpost.messaging.topology import (
     connection_parameters,
     declare_consumer_topology,
     default_connection_name,
-    parked_queue_name,
-    retry_queue_name,
 )
 
 log = logging.getLogger(__name__)
-
-#: The attempt number of the message being handled (1 on first delivery, 2 on the first
-#: retry, ...), set while a :class:`Consumer`'s handler runs; None outside handlers.
-attempt_var: contextvars.ContextVar[int | None] = contextvars.ContextVar(
-    "eventpost_message_attempt", default=None
-)
-
-ATTEMPT_HEADER = "x-attempt"
-PARK_REASON_HEADER = "x-park-reason"
-ERROR_HEADER = "x-error"
-ORIGINAL_ROUTING_KEY_HEADER = "x-original-routing-key"
-
-Handler = Callable[[Envelope], None]
-OnExhausted = Callable[[Envelope, BaseException], None]
 
 # Connection or channel trouble: the consumer reconnects.
 _CONNECTION_TROUBLE = (pika.exceptions.AMQPError, OSError)
@@ -82,67 +81,53 @@ _CONNECTION_TROUBLE = (pika.exceptions.AMQPError, OSError)
 _POLL_SECONDS = 0.5
 
 
-class PermanentError(Exception):
-    """Raised by a handler for a message that can never succeed (e.g. an invalid payload):
-    it is parked at once instead of being retried."""
-
-
 class _ConsumerCancelled(Exception):
     """The broker cancelled our consumer (e.g. the queue was deleted)."""
 
 
-def backoff_delay(
-    failures: int, base: float, cap: float, rand: Callable[[], float] = random.random
-) -> float:
-    """Exponential backoff with jitter: ``min(cap, base * 2**failures)`` scaled by a random
-    factor in [0.5, 1), so many clients that lost the broker together do not return together.
-    """
-    return min(cap, base * (2 ** min(failures, 32))) * (0.5 + rand() / 2)
+class _StopFlag(threading.Event):
+    """A consumer's stop event that a signal handler may raise: :meth:`request` only sets a
+    flag (setting the event takes a lock the interrupted thread may hold), and waits look at
+    that flag at least every ``_POLL_SECONDS``."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.requested = False
 
-@dataclass(frozen=True)
-class _Delivery:
-    tag: int
-    routing_key: str
-    properties: pika.spec.BasicProperties
-    body: bytes
+    def request(self) -> None:
+        """Stop, without waking anyone (safe in a signal handler)."""
+        self.requested = True
 
-    @property
-    def headers(self) -> dict[str, Any]:
-        return dict(self.properties.headers or {})
+    def is_set(self) -> bool:
+        return self.requested or super().is_set()
 
-    @property
-    def original_routing_key(self) -> str:
-        """The key it was first published with (a retried message comes back from its delay
-        queue with the queue's name as routing key)."""
-        return str(self.headers.get(ORIGINAL_ROUTING_KEY_HEADER) or self.routing_key)
-
-    @property
-    def attempt(self) -> int:
-        raw = self.headers.get(ATTEMPT_HEADER, 1)
-        try:
-            attempt = int(raw)
-        except (TypeError, ValueError):
-            return 1
-        return max(attempt, 1)
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    action: Literal["ack", "retry", "park"]
-    reason: str = ""
-    error: BaseException | None = None
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            remaining = _POLL_SECONDS if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            super().wait(min(remaining, _POLL_SECONDS))
+        return True
 
 
 def _noop() -> None:
     return None
 
 
+def _wake(connection: pika.BlockingConnection) -> None:
+    """Make ``connection``'s thread return from ``process_data_events`` (from another thread)."""
+    try:
+        connection.add_callback_threadsafe(_noop)
+    except Exception:  # closing or closed: the consumer notices anyway
+        log.debug("could not wake the consumer connection", exc_info=True)
+
+
 class Consumer:
     """Consumes envelopes from a durable queue bound to the EventPost exchange.
 
     ``queue``: the queue's name, one per consuming part and purpose
-    (e.g. ``email-sender.email.send``); ``bindings``: the routing keys it receives;
+    (e.g. ``email-sender.jobs``); ``bindings``: the routing keys it receives;
     ``handler(envelope)``: does the work, must be idempotent; ``retry_delays``: seconds
     before each retry (e.g. ``Settings.retry_delays``), so a message is tried
     ``len(retry_delays) + 1`` times; ``prefetch``: unacked messages the broker may push
@@ -187,14 +172,14 @@ class Consumer:
         self.reconnect_backoff = reconnect_backoff
         self.exchange = exchange
         self.connection_name = connection_name or default_connection_name(f"consumer-{queue}")
-        self._stop_requested = False
-        self._wake = threading.Event()
+        self._deliveries = DeliveryHandler(queue, handler, self.retry_delays, on_exhausted)
+        self._stop = _StopFlag()
         self._run_thread: int | None = None
+        self._fatal: BaseException | None = None
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
-        self._publish_channel: BlockingChannel | None = None
+        self._settler: Settler | None = None
         self._cancelled_by_broker = False
-        self._current_attempt: int | None = None
 
     @property
     def max_attempts(self) -> int:
@@ -204,12 +189,12 @@ class Consumer:
     @property
     def current_attempt(self) -> int | None:
         """The attempt number of the message being handled now, None when idle."""
-        return self._current_attempt
+        return self._deliveries.current_attempt
 
     @property
     def stopping(self) -> bool:
         """Whether :meth:`stop` was called."""
-        return self._stop_requested
+        return self._stop.is_set()
 
     def stop(self) -> None:
         """Ask :meth:`run` to return once the message being handled is finished and settled
@@ -219,52 +204,57 @@ class Consumer:
         another thread, wakes the connection (which a signal handler must not do: that takes
         a lock the interrupted thread may hold). From a signal handler, run() notices within
         half a second."""
-        self._stop_requested = True
+        self._stop.request()
         if threading.get_ident() == self._run_thread:
             return
-        self._wake.set()
+        self._stop.set()
         connection = self._connection
         if connection is not None:
-            try:
-                connection.add_callback_threadsafe(_noop)
-            except Exception:  # closing or closed: run() notices anyway
-                log.debug("could not wake the consumer connection", exc_info=True)
+            _wake(connection)
 
     def run(self) -> None:
         """Consume until :meth:`stop`; reconnect with backoff whenever the connection or
         channel is lost (unacked messages are then redelivered by the broker)."""
         self._run_thread = threading.get_ident()
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"handler-{self.queue}")
-        failures = 0
+        backoff = Backoff(*self.reconnect_backoff)
         try:
-            while not self._stop_requested:
-                try:
-                    self._connect()
-                    failures = 0
-                    log.info("consuming", extra={"queue": self.queue})
-                    self._consume(executor)
-                except (*_CONNECTION_TROUBLE, _ConsumerCancelled) as exc:
-                    if not self._stop_requested:
-                        log.warning(
-                            "lost the broker connection",
-                            extra={"queue": self.queue, "error": repr(exc)},
-                        )
-                finally:
-                    self._disconnect()
-                if self._stop_requested:
-                    break
-                delay = backoff_delay(failures, *self.reconnect_backoff)
-                failures += 1
-                log.info("reconnecting", extra={"queue": self.queue, "in_seconds": delay})
-                self._sleep(delay)
+            run_rounds(
+                lambda: self._connected_round(executor, backoff),
+                self._stop,
+                what=f"consuming {self.queue}",
+                logger=log,
+                backoff=backoff,
+            )
         finally:
             # Lets a handler still running after a connection loss finish (its message is
             # redelivered by the broker).
             executor.shutdown(wait=True)
             self._run_thread = None
             log.info("consumer stopped", extra={"queue": self.queue})
+        if self._fatal is not None:
+            raise self._fatal
 
     # -- connection ------------------------------------------------------------------------
+
+    def _connected_round(self, executor: ThreadPoolExecutor, backoff: Backoff) -> float:
+        """One connection's life: connect, consume until stopped. A lost connection raises
+        (the loop backs off and calls again); a failure that is not the broker's ends
+        :meth:`run` with it."""
+        try:
+            self._connect()
+            backoff.reset()
+            log.info("consuming", extra={"queue": self.queue})
+            self._consume(executor)
+        except (*_CONNECTION_TROUBLE, _ConsumerCancelled):
+            if not self.stopping:
+                raise
+        except Exception as exc:
+            self._fatal = exc
+            self._stop.request()
+        finally:
+            self._disconnect()
+        return 0.0
 
     def _connect(self) -> None:
         params = connection_parameters(self.amqp_url, self.connection_name)
@@ -278,31 +268,24 @@ class Consumer:
         channel.add_on_cancel_callback(self._on_cancelled)
         publish_channel = self._connection.channel()
         publish_channel.confirm_delivery()
-        self._channel, self._publish_channel = channel, publish_channel
+        self._channel = channel
+        self._settler = Settler(self.queue, self.retry_delays, channel, publish_channel)
 
     def _disconnect(self) -> None:
         connection = self._connection
-        self._connection = self._channel = self._publish_channel = None
+        self._connection = self._channel = self._settler = None
         if connection is not None:
             close_quietly(connection)
 
     def _on_cancelled(self, _frame: Any) -> None:
         self._cancelled_by_broker = True
 
-    def _sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not self._stop_requested:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self._wake.wait(min(remaining, _POLL_SECONDS))
-
     # -- the consuming loop (the connection's thread) ----------------------------------------
 
     def _consume(self, executor: ThreadPoolExecutor) -> None:
-        connection, channel = self._connection, self._channel
-        assert connection is not None and channel is not None
-        fetched: deque[_Delivery] = deque()
+        connection, channel, settler = self._connection, self._channel, self._settler
+        assert connection is not None and channel is not None and settler is not None
+        fetched: deque[Delivery] = deque()
 
         def on_message(
             _channel: BlockingChannel,
@@ -310,24 +293,24 @@ class Consumer:
             properties: pika.spec.BasicProperties,
             body: bytes,
         ) -> None:
-            fetched.append(_Delivery(method.delivery_tag, method.routing_key, properties, body))
+            fetched.append(Delivery(method.delivery_tag, method.routing_key, properties, body))
 
         consumer_tag = channel.basic_consume(self.queue, on_message, auto_ack=False)
-        job: Future[_Outcome] | None = None
-        delivery: _Delivery | None = None
+        job: Future[Outcome] | None = None
+        delivery: Delivery | None = None
         while True:
             if job is not None and delivery is not None and job.done():
-                self._settle(delivery, job.result())
+                settler.settle(delivery, job.result())
                 job = delivery = None
                 continue
             if job is None:
-                if self._stop_requested:
+                if self.stopping:
                     break
                 if self._cancelled_by_broker:
                     raise _ConsumerCancelled(f"the broker cancelled the consumer of {self.queue}")
                 if fetched:
                     delivery = fetched.popleft()
-                    job = self._start(delivery, executor, connection)
+                    job = self._start(delivery, executor, connection, settler)
                     if job is None:
                         delivery = None
                     continue
@@ -338,10 +321,11 @@ class Consumer:
 
     def _start(
         self,
-        delivery: _Delivery,
+        delivery: Delivery,
         executor: ThreadPoolExecutor,
         connection: pika.BlockingConnection,
-    ) -> Future[_Outcome] | None:
+        settler: Settler,
+    ) -> Future[Outcome] | None:
         """Hand a delivery to the handler thread; a malformed one is parked right here."""
         try:
             envelope = Envelope.from_bytes(delivery.body)
@@ -355,130 +339,13 @@ class Consumer:
                     "error": str(exc),
                 },
             )
-            self._settle(delivery, _Outcome("park", "malformed", exc))
+            settler.settle(delivery, Outcome("park", "malformed", exc))
             return None
         job = executor.submit(
-            contextvars.copy_context().run, self._handle, envelope, delivery.attempt
+            contextvars.copy_context().run, self._deliveries, envelope, delivery.attempt
         )
-
-        def wake(_job: Future[_Outcome]) -> None:
-            try:
-                connection.add_callback_threadsafe(_noop)
-            except Exception:  # the connection is gone; run() reconnects
-                log.debug("could not wake the consumer connection", exc_info=True)
-
-        job.add_done_callback(wake)
+        job.add_done_callback(lambda _job: _wake(connection))
         return job
-
-    def _settle(self, delivery: _Delivery, outcome: _Outcome) -> None:
-        """Make the outcome safe in the broker, then ack."""
-        channel = self._channel
-        assert channel is not None
-        if outcome.action == "retry":
-            delay = self.retry_delays[delivery.attempt - 1]
-            self._republish(
-                delivery,
-                retry_queue_name(self.queue, delay),
-                {
-                    ATTEMPT_HEADER: delivery.attempt + 1,
-                    ERROR_HEADER: _describe(outcome.error),
-                    ORIGINAL_ROUTING_KEY_HEADER: delivery.original_routing_key,
-                },
-            )
-        elif outcome.action == "park":
-            self._republish(
-                delivery,
-                parked_queue_name(self.queue),
-                {
-                    PARK_REASON_HEADER: outcome.reason,
-                    ERROR_HEADER: _describe(outcome.error),
-                    ATTEMPT_HEADER: delivery.attempt,
-                    ORIGINAL_ROUTING_KEY_HEADER: delivery.original_routing_key,
-                },
-            )
-        channel.basic_ack(delivery.tag)
-
-    def _republish(self, delivery: _Delivery, queue: str, headers: dict[str, Any]) -> None:
-        """Publish a copy of ``delivery`` straight to ``queue`` and wait for the confirm."""
-        channel = self._publish_channel
-        assert channel is not None
-        original = delivery.properties
-        merged = delivery.headers
-        merged.pop("x-death", None)  # the broker's own history of dead-lettering
-        merged.update(headers)
-        properties = pika.BasicProperties(
-            content_type=original.content_type,
-            content_encoding=original.content_encoding,
-            headers=merged,
-            delivery_mode=pika.DeliveryMode.Persistent,
-            priority=original.priority,
-            correlation_id=original.correlation_id,
-            reply_to=original.reply_to,
-            message_id=original.message_id,
-            timestamp=original.timestamp,
-            type=original.type,
-            app_id=original.app_id,
-        )
-        channel.basic_publish(
-            exchange="",
-            routing_key=queue,
-            body=delivery.body,
-            properties=properties,
-            mandatory=True,
-        )
-
-    # -- the handler thread --------------------------------------------------------------------
-
-    def _handle(self, envelope: Envelope, attempt: int) -> _Outcome:
-        request_id_var.set(envelope.request_id)
-        attempt_var.set(attempt)
-        self._current_attempt = attempt
-        info = {
-            "queue": self.queue,
-            "message_type": envelope.type,
-            "message_id": envelope.id,
-            "attempt": attempt,
-        }
-        started = time.monotonic()
-        try:
-            self.handler(envelope)
-        except PermanentError as exc:
-            log.warning("handler failed for good; parking the message", exc_info=True, extra=info)
-            self._give_up(envelope, exc)
-            return _Outcome("park", "permanent", exc)
-        except Exception as exc:
-            if attempt <= len(self.retry_delays):
-                log.warning(
-                    "handler failed; retrying later",
-                    exc_info=True,
-                    extra={**info, "retry_in_seconds": self.retry_delays[attempt - 1]},
-                )
-                return _Outcome("retry", error=exc)
-            log.error("handler failed on the last attempt; parking", exc_info=True, extra=info)
-            self._give_up(envelope, exc)
-            return _Outcome("park", "exhausted", exc)
-        finally:
-            self._current_attempt = None
-        log.info(
-            "message handled",
-            extra={**info, "duration_ms": round((time.monotonic() - started) * 1000, 1)},
-        )
-        return _Outcome("ack")
-
-    def _give_up(self, envelope: Envelope, error: BaseException) -> None:
-        if self.on_exhausted is None:
-            return
-        try:
-            self.on_exhausted(envelope, error)
-        except Exception:
-            log.exception(
-                "on_exhausted failed; parking the message anyway",
-                extra={"queue": self.queue, "message_id": envelope.id},
-            )
-
-
-def _describe(error: BaseException | None) -> str:
-    return "" if error is None else f"{type(error).__name__}: {error}"[:500]
 
 
 __all__ = [
@@ -488,5 +355,4 @@ __all__ = [
     "Consumer",
     "PermanentError",
     "attempt_var",
-    "backoff_delay",
 ]

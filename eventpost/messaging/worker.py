@@ -3,10 +3,10 @@
 A worker process (the email-sender, a service's background part) builds its consumers and
 relays, hands them to a :class:`Worker` and calls :meth:`Worker.run` from the main thread::
 
-    worker = Worker("email-sender")
-    worker.add_consumer(Consumer(settings.amqp_url, "email-sender.jobs", ["email.send"],
-                                 handle_job, retry_delays=settings.retry_delays))
-    worker.add_loop("relay", relay_loop)  # opens its store and publisher in its own thread
+    worker = Worker("notifications-worker")
+    worker.add_consumer(Consumer(settings.amqp_url, "notifications.user-deleted",
+                                 ["user.deleted"], handle, retry_delays=settings.retry_delays))
+    worker.add_loop("relay", relay_loop)  # opens its publisher in its own thread
     raise SystemExit(worker.run())
 
 Each part runs in a thread of its own. SIGTERM or SIGINT (or :meth:`Worker.stop`) stops every
@@ -70,8 +70,10 @@ class Worker:
 
     def add_loop(self, name: str, loop: Loop) -> None:
         """Run ``loop(stop_event)``, which must return soon after the event is set (e.g. a
-        reminder dispatcher). Anything the loop opens it should open and close itself, so
-        thread-bound clients (pika, sqlite3) stay in its thread."""
+        reminder dispatcher). A pika connection the loop uses it should open and close
+        itself, so it stays in its thread; a :class:`~eventpost.storage.Store` may be shared
+        by every part (the SQLite adapter keeps a connection per thread, MongoDB's client is
+        thread-safe)."""
         event = threading.Event()
         self._parts.append(_Part(name, lambda: loop(event), event.set))
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from email_sender.handlers import IDEMPOTENCY_HEADER
+from email_sender.compose import IDEMPOTENCY_HEADER
 from eventpost.storage.sqlite import SqliteStore
 from eventpost.timeutil import parse_time
 from services.notifications.store import NotificationsStore

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from devtools.smtp_sink import Mailbox, SmtpSink
-from email_sender.handlers import IDEMPOTENCY_HEADER
+from email_sender.compose import IDEMPOTENCY_HEADER
 from eventpost.storage.sqlite import SqliteStore
 from eventpost.timeutil import utcnow
 from services.notifications.store import NotificationsStore

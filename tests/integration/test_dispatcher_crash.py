@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from devtools.smtp_sink import Mailbox, SmtpSink
-from email_sender.handlers import IDEMPOTENCY_HEADER
+from email_sender.compose import IDEMPOTENCY_HEADER
 from eventpost.storage import Range
 from eventpost.storage.sqlite import SqliteStore
 from eventpost.timeutil import format_time, utcnow

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from email_sender.dedupe import FAILED, SENDING, SENT, DeliveryInProgress, DeliveryLog
+from email_sender.delivery_log import FAILED, SENDING, SENT, DeliveryInProgress, DeliveryLog
 from eventpost.storage.sqlite import SqliteStore
 
 T0 = datetime(2026, 12, 1, 19, 0, tzinfo=UTC)

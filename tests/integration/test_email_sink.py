@@ -17,15 +17,16 @@ import pytest
 
 from devtools.launcher import free_port
 from devtools.smtp_sink import Mailbox, SmtpSink, store_message
-from email_sender.handlers import Job, build_email
+from email_sender.compose import build_email
 from email_sender.mailer import SmtpMailer
+from eventpost.contracts import EmailJob
 from tests.integration.test_email_support import MAIL_FROM
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def email(to: str, subject: str, key: str = "k"):
-    job = Job(to=to, idempotency_key=key, subject=subject, text=f"about {subject}")
+    job = EmailJob(to=to, idempotency_key=key, subject=subject, text=f"about {subject}")
     return build_email(job, mail_from=MAIL_FROM, now=datetime.now(UTC))
 
 

@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 import pytest
 
 from devtools.smtp_sink import SmtpSink
-from email_sender.handlers import Job, build_email
+from email_sender.compose import build_email
 from email_sender.mailer import PermanentMailError, SmtpMailer, TemporaryMailError
+from eventpost.contracts import EmailJob
 from tests.integration.test_email_support import (
     MAIL_FROM,
     ScriptedHandler,
@@ -25,7 +26,7 @@ from tests.integration.test_email_support import (
 
 
 def email(to: str = "ann@example.com", key: str = "k1", subject: str = "Hello"):
-    job = Job(to=to, idempotency_key=key, subject=subject, text="Hi there")
+    job = EmailJob(to=to, idempotency_key=key, subject=subject, text="Hi there")
     return build_email(job, mail_from=MAIL_FROM, now=datetime.now(UTC), request_id="req-7")
 
 

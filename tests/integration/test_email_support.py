@@ -23,8 +23,8 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, syntax
 
 from devtools.smtp_sink import LocalController
-from email_sender.consumer import BINDINGS, EmailSender, make_consumer
 from email_sender.mailer import SmtpMailer
+from email_sender.sender import BINDINGS, EmailSender, make_consumer
 from eventpost.messaging import Consumer, Envelope, Publisher
 from eventpost.settings import Settings
 from tests.integration._amqp import Broker, running, unique, wait_until

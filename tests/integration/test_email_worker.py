@@ -252,7 +252,7 @@ def test_when_only_the_report_keeps_failing_the_email_is_sent_once_and_reported_
     handler = ScriptedHandler()
     with smtp_server(handler) as server:
         wired = wire(broker, tmp_path, server.port, retry_delays=(0.2,))
-        wired.sender._publisher_factory = lambda: FlakyPublisher(
+        wired.sender.publisher_factory = lambda: FlakyPublisher(
             broker.url, exchange=broker.exchange, connection_name=unique("flaky")
         )
         with consuming(wired):

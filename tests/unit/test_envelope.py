@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import pika
 import pytest
 
+from eventpost.loops import backoff_delay
 from eventpost.messaging import Envelope, MalformedMessage
-from eventpost.messaging.consumer import backoff_delay
 
 FIXED = datetime(2026, 12, 1, 19, 0, 0, 123456, tzinfo=UTC)
 

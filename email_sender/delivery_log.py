@@ -1,7 +1,8 @@
 """The delivery log: what keeps a redelivered email job from being sent twice.
 
 One record per idempotency key in the collection ``deliveries`` of the email-sender's own
-store (``open_store(settings, "email_sender")``)::
+store (``open_store(settings, "email_sender", sqlite_synchronous="NORMAL")``: a power cut may
+lose the last records, never a process crash, which at worst sends those emails once more)::
 
     {id: <idempotency_key>, status: "sending" | "sent" | "failed", message_id, attempts,
      sent_at, error, permanent, updated_at}

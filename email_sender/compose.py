@@ -1,14 +1,5 @@
-"""Pure email building: a message from the broker becomes an email job, a job an email.
-
-Nothing here does I/O (the templates are read from the package once and cached).
-
-Jobs come from three message types (see :mod:`eventpost.contracts`):
-
-- ``user.created`` -> the ``welcome`` template, key ``welcome:<user_id>``.
-- ``user.email_added`` -> the ``verification`` template, key
-  ``verification:<user_id>:<digest of address and token>`` (the token itself is kept out of
-  headers and the delivery log).
-- ``email.send`` -> the job as given.
+"""A job becomes an email: its template rendered, its headers set (pure, no I/O; the
+templates are read from the package once and cached).
 
 Templates and the ``context`` each one reads (missing required keys make the job invalid):
 
@@ -21,15 +12,15 @@ Templates and the ``context`` each one reads (missing required keys make the job
 
 A job without a template carries ``subject`` and ``text`` (and optionally ``html``, which is
 sent verbatim: its producer must have escaped it; without it an HTML part is made from the
-escaped text). A job's ``subject`` overrides the template's.
+escaped text). A job's ``subject`` overrides the template's. Jobs come from
+:mod:`email_sender.jobs`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -38,143 +29,16 @@ from functools import cache
 from typing import Any
 
 import jinja2
-from email_validator import EmailNotValidError, validate_email
 
-from eventpost import contracts
+from email_sender.jobs import CONTROL_CHARACTERS, InvalidJob, digest
+from eventpost.contracts import EmailJob
 from eventpost.timeutil import parse_time
-
-#: The templates a job may name.
-TEMPLATES = ("welcome", "verification", "reminder", "event_cancelled")
 
 IDEMPOTENCY_HEADER = "X-EventPost-Idempotency-Key"
 REQUEST_ID_HEADER = "X-Request-ID"
 
-_MAX_KEY = 200
 _MAX_SUBJECT = 250
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
-
-
-class InvalidJob(ValueError):
-    """The message cannot become an email; retrying it will not help (it is parked)."""
-
-
-@dataclass(frozen=True)
-class Job:
-    """One email to deliver, validated (the ``email.send`` payload, or what a user event
-    asks for)."""
-
-    to: str
-    idempotency_key: str
-    template: str | None = None
-    context: Mapping[str, Any] = field(default_factory=dict)
-    subject: str | None = None
-    text: str | None = None
-    html: str | None = None
-    correlation: Mapping[str, Any] | None = None
-
-
-# -- from messages to jobs ---------------------------------------------------------------
-
-
-def _str(payload: Mapping[str, Any], name: str, *, required: bool = True) -> str | None:
-    value = payload.get(name)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidJob(f"{name} must be a non-empty string")
-    return value
-
-
-def _address(value: str) -> str:
-    try:
-        # Same rules as the users service, which accepts the special-use .test domain.
-        return validate_email(value, check_deliverability=False, test_environment=True).normalized
-    except EmailNotValidError as exc:
-        raise InvalidJob(f"to is not a valid email address: {exc}") from None
-
-
-def _key(value: str) -> str:
-    if len(value) > _MAX_KEY or _CONTROL.search(value):
-        raise InvalidJob(f"idempotency_key must be at most {_MAX_KEY} printable characters")
-    return value
-
-
-def _digest(*parts: str) -> str:
-    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]
-
-
-def parse_email_job(payload: Mapping[str, Any]) -> Job:
-    """The :class:`Job` in an ``email.send`` payload. Unknown fields are ignored (a newer
-    producer may add some). Raises :class:`InvalidJob`."""
-    if not isinstance(payload, Mapping):
-        raise InvalidJob("an email job must be a JSON object")
-    to = _address(_str(payload, "to"))  # type: ignore[arg-type]
-    key = _key(_str(payload, "idempotency_key"))  # type: ignore[arg-type]
-    template = _str(payload, "template", required=False)
-    subject = _str(payload, "subject", required=False)
-    text = payload.get("text")
-    html = payload.get("html")
-    for name, value in (("text", text), ("html", html)):
-        if value is not None and not isinstance(value, str):
-            raise InvalidJob(f"{name} must be a string")
-    context = payload.get("context", {})
-    if context is None:
-        context = {}
-    if not isinstance(context, Mapping):
-        raise InvalidJob("context must be an object")
-    correlation = payload.get("correlation")
-    if correlation is not None and not isinstance(correlation, Mapping):
-        raise InvalidJob("correlation must be an object")
-    if template is not None:
-        if template not in TEMPLATES:
-            raise InvalidJob(f"unknown template {template!r}; known: {', '.join(TEMPLATES)}")
-    elif subject is None or not text:
-        raise InvalidJob("a job without a template needs subject and text")
-    return Job(
-        to=to,
-        idempotency_key=key,
-        template=template,
-        context=dict(context),
-        subject=subject,
-        text=text,
-        html=html,
-        correlation=dict(correlation) if correlation is not None else None,
-    )
-
-
-def job_from_message(message_type: str, payload: Mapping[str, Any]) -> Job:
-    """The email job a message asks for. Raises :class:`InvalidJob` for a malformed payload
-    or a message type the email-sender does not handle."""
-    if not isinstance(payload, Mapping):
-        raise InvalidJob("a payload must be a JSON object")
-    if message_type == contracts.EMAIL_SEND:
-        return parse_email_job(payload)
-    if message_type == contracts.USER_CREATED:
-        user_id = _str(payload, "user_id")
-        username = _str(payload, "username")
-        return Job(
-            to=_address(_str(payload, "email")),  # type: ignore[arg-type]
-            idempotency_key=_key(f"welcome:{user_id}"),
-            template="welcome",
-            context={"username": username},
-        )
-    if message_type == contracts.USER_EMAIL_ADDED:
-        user_id = _str(payload, "user_id")
-        email = _str(payload, "email")
-        token = _str(payload, "token")
-        return Job(
-            to=_address(email),  # type: ignore[arg-type]
-            idempotency_key=_key(f"verification:{user_id}:{_digest(email, token)}"),  # type: ignore[arg-type]
-            template="verification",
-            context={
-                "username": payload.get("username"),
-                "email": email,
-                "token": token,
-                "expires_at": payload.get("expires_at"),
-            },
-        )
-    raise InvalidJob(f"the email-sender does not handle {message_type!r} messages")
 
 
 # -- templates -----------------------------------------------------------------------------
@@ -291,7 +155,7 @@ class Content:
     html: str
 
 
-def content_of(job: Job) -> Content:
+def content_of(job: EmailJob) -> Content:
     """Subject, text and HTML of a job (its template rendered, or its own text).
     Raises :class:`InvalidJob`."""
     if job.template is not None:
@@ -308,7 +172,7 @@ def content_of(job: Job) -> Content:
 
 def _one_line(subject: str) -> str:
     """A subject fit for a header: no line breaks or control characters, bounded length."""
-    flat = " ".join(_CONTROL.sub(" ", subject).split())
+    flat = " ".join(CONTROL_CHARACTERS.sub(" ", subject).split())
     if not flat:
         raise InvalidJob("the subject is empty")
     return flat[:_MAX_SUBJECT]
@@ -328,7 +192,7 @@ def message_id_for(idempotency_key: str, mail_from: str) -> str:
     the same id, so a duplicate that slips through is recognisable (and mail stores that
     deduplicate by Message-ID drop it). Unlike :func:`email.utils.make_msgid` it has no time
     or random part, on purpose."""
-    return f"<{_digest('eventpost', idempotency_key)}.eventpost@{_domain(mail_from)}>"
+    return f"<{digest('eventpost', idempotency_key)}.eventpost@{_domain(mail_from)}>"
 
 
 def envelope_sender(mail_from: str) -> str:
@@ -337,7 +201,7 @@ def envelope_sender(mail_from: str) -> str:
 
 
 def build_email(
-    job: Job,
+    job: EmailJob,
     *,
     mail_from: str,
     now: datetime,

@@ -1,4 +1,5 @@
-"""email_sender.handlers: messages become jobs, jobs become emails (pure, no I/O)."""
+"""email_sender.jobs and email_sender.compose: messages become jobs, jobs become emails (pure,
+no I/O)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,15 @@ from email.message import EmailMessage
 
 import pytest
 
-from email_sender.handlers import (
+from email_sender.compose import (
     IDEMPOTENCY_HEADER,
-    InvalidJob,
-    Job,
     build_email,
     envelope_sender,
-    job_from_message,
     message_id_for,
-    parse_email_job,
     readable_time,
 )
+from email_sender.jobs import InvalidJob, job_from_message, parse_email_job
+from eventpost.contracts import EmailJob
 
 MAIL_FROM = "EventPost <no-reply@eventpost.local>"
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -34,7 +33,7 @@ EVENT = {
 }
 
 
-def build(job: Job, request_id: str | None = "req-1") -> EmailMessage:
+def build(job: EmailJob, request_id: str | None = "req-1") -> EmailMessage:
     msg = build_email(job, mail_from=MAIL_FROM, now=NOW, request_id=request_id)
     # What the receiver sees: the bytes on the wire, parsed again.
     return message_from_bytes(msg.as_bytes(), policy=policy.default)  # type: ignore[return-value]
@@ -48,7 +47,7 @@ def html(msg: EmailMessage) -> str:
     return msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
 
 
-def reminder_job(**changes) -> Job:
+def reminder_job(**changes) -> EmailJob:
     payload = {
         "to": "ann@example.com",
         "idempotency_key": "reminder:n1:v1",
@@ -259,4 +258,4 @@ def test_welcome_without_username_and_unknown_message_types_are_invalid():
     with pytest.raises(InvalidJob, match="does not handle"):
         job_from_message("event.created", {"event": {}})
     with pytest.raises(InvalidJob, match="username"):
-        build(Job(to="a@example.com", idempotency_key="k", template="welcome", context={}))
+        build(EmailJob(to="a@example.com", idempotency_key="k", template="welcome", context={}))

@@ -4,12 +4,13 @@
 message of the queue (``email-sender.jobs`` by default, bound to ``user.created``,
 ``user.email_added`` and ``email.send``):
 
-1. The message becomes a job (:func:`email_sender.handlers.job_from_message`); a message that
+1. The message becomes a job (:func:`email_sender.jobs.job_from_message`); a message that
    cannot raises :class:`~eventpost.messaging.PermanentError`, so it is parked at once.
-2. A job whose idempotency key the delivery log (:mod:`email_sender.dedupe`) knows as sent is
-   not sent again; its ``email.sent`` is published again (it may have been lost). The same
-   for a job the server refused for good (``email.failed`` again).
-3. The email is built and handed to SMTP (:class:`email_sender.mailer.SmtpMailer`).
+2. A job whose idempotency key the delivery log (:mod:`email_sender.delivery_log`) knows as
+   sent is not sent again; its ``email.sent`` is published again (it may have been lost).
+   The same for a job the server refused for good (``email.failed`` again).
+3. The email is built (:func:`email_sender.compose.build_email`) and handed to SMTP
+   (:class:`email_sender.mailer.SmtpMailer`).
    - Accepted: logged as sent, ``email.sent`` published (jobs with a ``correlation``), acked.
    - 5xx: logged as failed, ``email.failed`` with the reply code and text published, acked:
      never retried.
@@ -17,8 +18,10 @@ message of the queue (``email-sender.jobs`` by default, bound to ``user.created`
      propagates, so the consumer retries through its delay queues; after the last attempt
      :meth:`EmailSender.on_exhausted` publishes ``email.failed`` and the message is parked.
 
-Outcome envelopes get an id derived from the idempotency key and the outcome, so a repeated
-report of the same outcome is recognisable as such by its consumer.
+Outcomes are built as their contracts (:class:`~eventpost.contracts.EmailSent`,
+:class:`~eventpost.contracts.EmailFailed`); their envelopes get an id derived from the
+idempotency key and the outcome, so a repeated report of the same outcome is recognisable as
+such by its consumer.
 
 Everything an :class:`EmailSender` opens (store, SMTP connection, publisher) is opened lazily
 in the consumer's handler thread, the one thread that calls :meth:`~EmailSender.handle` and
@@ -27,23 +30,18 @@ in the consumer's handler thread, the one thread that calls :meth:`~EmailSender.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from email_sender.dedupe import FAILED, SENT, DeliveryLog
-from email_sender.handlers import (
-    InvalidJob,
-    Job,
-    build_email,
-    envelope_sender,
-    job_from_message,
-    message_id_for,
-)
+from email_sender import compose
+from email_sender.delivery_log import FAILED, SENT, DeliveryLog
+from email_sender.jobs import InvalidJob, digest, job_from_message
 from email_sender.mailer import PermanentMailError, SmtpMailer
 from eventpost import contracts
+from eventpost.contracts import EmailFailed, EmailJob, EmailSent
 from eventpost.messaging import (
     EXCHANGE,
     Consumer,
@@ -69,10 +67,7 @@ KEEP_DELIVERIES = timedelta(days=7)
 PRUNE_EVERY = timedelta(hours=1)
 
 
-def _outcome_id(kind: str, key: str) -> str:
-    return hashlib.sha256(f"{kind}\x00{key}".encode()).hexdigest()[:32]
-
-
+@dataclass(eq=False, kw_only=True)
 class EmailSender:
     """Handles email messages (see the module docstring).
 
@@ -82,26 +77,17 @@ class EmailSender:
     in ``email.failed`` when retries run out); ``clock``: the current time.
     """
 
-    def __init__(
-        self,
-        *,
-        mailer: SmtpMailer,
-        store_factory: Callable[[], Store],
-        publisher_factory: Callable[[], Publisher],
-        mail_from: str,
-        max_attempts: int,
-        clock: Clock = utcnow,
-    ) -> None:
-        self.mailer = mailer
-        self.mail_from = mail_from
-        self.max_attempts = max_attempts
-        self._store_factory = store_factory
-        self._publisher_factory = publisher_factory
-        self._clock = clock
-        self._store: Store | None = None
-        self._log: DeliveryLog | None = None
-        self._publisher: Publisher | None = None
-        self._last_prune: datetime | None = None
+    mailer: SmtpMailer
+    store_factory: Callable[[], Store]
+    publisher_factory: Callable[[], Publisher]
+    mail_from: str
+    max_attempts: int
+    clock: Clock = utcnow
+    # Opened on first use, in the handler thread.
+    _store: Store | None = field(default=None, init=False, repr=False)
+    _log: DeliveryLog | None = field(default=None, init=False, repr=False)
+    _publisher: Publisher | None = field(default=None, init=False, repr=False)
+    _last_prune: datetime | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_settings(
@@ -155,19 +141,19 @@ class EmailSender:
             )
             return
         try:
-            msg = build_email(
-                job, mail_from=self.mail_from, now=self._clock(), request_id=envelope.request_id
+            msg = compose.build_email(
+                job, mail_from=self.mail_from, now=self.clock(), request_id=envelope.request_id
             )
         except InvalidJob as exc:
             raise PermanentError(str(exc)) from exc
         message_id = str(msg["Message-ID"])
         if known is not None:
             # A previous attempt got as far as SMTP: it failed, or its worker died (then
-            # the server may have the message already; see email_sender.dedupe).
+            # the server may have the message already; see email_sender.delivery_log).
             log.info("job seen before, sending again", extra={**info, "was": known.status})
         deliveries.begin(job.idempotency_key, message_id, attempt, known)
         try:
-            self.mailer.send(msg, sender=envelope_sender(self.mail_from))
+            self.mailer.send(msg, sender=compose.envelope_sender(self.mail_from))
         except PermanentMailError as exc:
             log.warning(
                 "SMTP refused the email for good; not retrying",
@@ -178,7 +164,7 @@ class EmailSender:
                 envelope, job.to, job.idempotency_key, job.correlation, exc, attempt
             )
             return
-        sent_at = self._clock()
+        sent_at = self.clock()
         deliveries.sent(job.idempotency_key, message_id, attempt, sent_at)
         log.info(
             "email sent",
@@ -194,7 +180,7 @@ class EmailSender:
         payload = envelope.payload if isinstance(envelope.payload, Mapping) else {}
         attempt = attempt_var.get() or self.max_attempts
         try:
-            job: Job | None = job_from_message(envelope.type, payload)
+            job: EmailJob | None = job_from_message(envelope.type, payload)
         except InvalidJob:
             job = None
         key = job.idempotency_key if job else payload.get("idempotency_key")
@@ -230,12 +216,12 @@ class EmailSender:
 
     def _deliveries(self) -> DeliveryLog:
         if self._log is None:
-            self._store = self._store_factory()
-            self._log = DeliveryLog(self._store, clock=self._clock)
+            self._store = self.store_factory()
+            self._log = DeliveryLog(self._store, clock=self.clock)
         return self._log
 
     def _maybe_prune(self) -> None:
-        now = self._clock()
+        now = self.clock()
         if self._last_prune is not None and now - self._last_prune < PRUNE_EVERY:
             return
         self._last_prune = now
@@ -244,19 +230,19 @@ class EmailSender:
             log.info("delivery log pruned", extra={"removed": removed})
 
     def _report_sent(
-        self, envelope: Envelope, job: Job, message_id: str, sent_at: str, attempts: int
+        self, envelope: Envelope, job: EmailJob, message_id: str, sent_at: str, attempts: int
     ) -> None:
         if job.correlation is None:
             return
-        payload = {
-            "idempotency_key": job.idempotency_key,
-            "to": job.to,
-            "correlation": dict(job.correlation),
-            "attempts": attempts,
-            "message_id": message_id or message_id_for(job.idempotency_key, self.mail_from),
-            "sent_at": sent_at,
-        }
-        self._publish(envelope, contracts.EMAIL_SENT, job.idempotency_key, payload)
+        sent = EmailSent(
+            idempotency_key=job.idempotency_key,
+            to=job.to,
+            correlation=dict(job.correlation),
+            attempts=attempts,
+            message_id=message_id or compose.message_id_for(job.idempotency_key, self.mail_from),
+            sent_at=sent_at,
+        )
+        self._publish(envelope, sent, job.idempotency_key)
 
     def _report_failed(
         self,
@@ -269,27 +255,24 @@ class EmailSender:
     ) -> None:
         if not isinstance(correlation, Mapping) or not isinstance(key, str):
             return
-        payload = {
-            "idempotency_key": key,
-            "to": to if isinstance(to, str) else "",
-            "correlation": dict(correlation),
-            "attempts": attempts,
-            "error": _reason(error),
-        }
-        self._publish(envelope, contracts.EMAIL_FAILED, key, payload)
+        failed = EmailFailed(
+            idempotency_key=key,
+            to=to if isinstance(to, str) else "",
+            correlation=dict(correlation),
+            attempts=attempts,
+            error=_reason(error),
+        )
+        self._publish(envelope, failed, key)
 
-    def _publish(self, source: Envelope, kind: str, key: str, payload: dict[str, Any]) -> None:
-        outcome = Envelope.new(
-            kind,
-            payload,
-            request_id=source.request_id,
-            clock=self._clock,
-            id_factory=lambda: _outcome_id(kind, key),
+    def _publish(self, source: Envelope, outcome: contracts.Payload, key: str) -> None:
+        kind = outcome.TYPE
+        message = outcome.envelope(
+            source.request_id, clock=self.clock, id_factory=lambda: digest(kind, key)
         )
         if self._publisher is None:
-            self._publisher = self._publisher_factory()
+            self._publisher = self.publisher_factory()
         try:
-            self._publisher.publish(outcome)
+            self._publisher.publish(message)
         except Unroutable:
             # Nobody subscribes to outcomes (e.g. notifications is not deployed): the email
             # itself is done, so this is no reason to retry it.
