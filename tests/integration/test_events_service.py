@@ -112,7 +112,7 @@ def test_every_queued_message_keeps_its_contract_exactly(service, store):
     assert deleted_msg.event_id == event_id == deleted_msg.event["id"]
     assert deleted_msg.event == moved
     reminder = {"id": "r1", "email": "a@example.org", "event_id": event_id, "event": snapshot}
-    assert cancelled_job(reminder, deleted_msg.event)["context"]["event"]["title"] == "Jazz night"
+    assert cancelled_job(reminder, deleted_msg.event).context["event"]["title"] == "Jazz night"
 
 
 def test_a_patch_that_lost_a_race_is_merged_again(service, events):
