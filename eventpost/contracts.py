@@ -158,26 +158,28 @@ class EmailJob(Payload):
     correlation: dict[str, Any] | None = None
 
 
-class EmailSent(Payload):
-    """``email.sent``: the job was accepted by the SMTP server."""
+class EmailOutcome(Payload):
+    """What became of an ``email.send`` job that carried a ``correlation`` (which comes back
+    unchanged), after ``attempts`` tries."""
 
-    TYPE: ClassVar[str] = EMAIL_SENT
     idempotency_key: str
     to: str
     correlation: dict[str, Any]
     attempts: int
+
+
+class EmailSent(EmailOutcome):
+    """``email.sent``: the job was accepted by the SMTP server."""
+
+    TYPE: ClassVar[str] = EMAIL_SENT
     message_id: str
     sent_at: str
 
 
-class EmailFailed(Payload):
+class EmailFailed(EmailOutcome):
     """``email.failed``: the job can never be delivered (or ran out of tries)."""
 
     TYPE: ClassVar[str] = EMAIL_FAILED
-    idempotency_key: str
-    to: str
-    correlation: dict[str, Any]
-    attempts: int
     error: str
 
 
