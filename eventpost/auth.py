@@ -17,7 +17,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import falcon
 import jwt
@@ -173,11 +173,13 @@ class RemoteKeySet:
             return self.keys.verify(token)
 
 
-class Verifier:
-    """Anything with ``verify(token) -> Claims``."""
+class Verifier(Protocol):
+    """Anything with ``verify(token) -> Claims`` (:class:`KeySet`, :class:`RemoteKeySet`,
+    the users service's key ring, a test's own)."""
 
-    def verify(self, token: str) -> Claims:  # pragma: no cover - protocol
-        raise NotImplementedError
+    def verify(self, token: str) -> Claims:
+        """The claims of a valid access token; raises :class:`InvalidToken`."""
+        ...
 
 
 def unauthorized(

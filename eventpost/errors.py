@@ -49,10 +49,10 @@ class Invalid(DomainError):
 
 
 class InvalidMany(Invalid):
-    """422 about several fields at once."""
+    """422 about several fields at once; ``detail`` defaults to the first problem's."""
 
-    def __init__(self, problems: Sequence[Invalid]) -> None:
-        super().__init__(problems[0].detail, problems[0].field)
+    def __init__(self, problems: Sequence[Invalid], detail: str | None = None) -> None:
+        super().__init__(detail or problems[0].detail, problems[0].field)
         self.problems = list(problems)
 
     @property

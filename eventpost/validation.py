@@ -5,23 +5,29 @@ expected is a 422, so no operator ever reaches a store), malformed JSON is a 400
 
 from __future__ import annotations
 
-import re
 from typing import Any, TypeVar
 
 import falcon
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
+from eventpost.models import LIMIT_DEFAULT, LIMIT_MAX, StrictModel, parse_limit
 from eventpost.problems import ValidationProblem
+
+__all__ = [
+    "LIMIT_DEFAULT",
+    "LIMIT_MAX",
+    "StrictModel",
+    "fields_set",
+    "parse_body",
+    "parse_limit",
+    "parse_model",
+    "read_body",
+    "validation_errors",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
 _MESSAGES = {"extra_forbidden": "unknown field"}
-
-
-class StrictModel(BaseModel):
-    """Base of every request body: unknown fields refused, no type coercion."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=False)
 
 
 def read_body(req: falcon.Request, max_bytes: int) -> bytes:
@@ -80,23 +86,3 @@ def parse_body(req: falcon.Request, model: type[M], max_bytes: int) -> M:
 def fields_set(model: BaseModel) -> dict[str, Any]:
     """Only the fields the client sent (for PATCH)."""
     return model.model_dump(exclude_unset=True)
-
-
-#: API.md's list conventions: ``?limit=`` from 1, default 20; larger values are clamped to 100.
-LIMIT_DEFAULT = 20
-LIMIT_MAX = 100
-_INTEGER = re.compile(r"\s*[+-]?\d{1,9}\s*")
-
-
-def parse_limit(raw: str | None) -> int:
-    """The page size a ``limit`` query parameter asks for: the default when absent, at most
-    :data:`LIMIT_MAX`; raises ValueError (with the message for the client) when it is not an
-    integer or below 1."""
-    if raw is None:
-        return LIMIT_DEFAULT
-    if not _INTEGER.fullmatch(raw):
-        raise ValueError("must be an integer from 1 to 100")
-    limit = int(raw)
-    if limit < 1:
-        raise ValueError("must be at least 1")
-    return min(limit, LIMIT_MAX)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from eventpost.errors import Conflict
-from eventpost.storage.port import VersionConflict
+from eventpost.storage.errors import VersionConflict
 
 T = TypeVar("T")
 

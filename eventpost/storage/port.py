@@ -36,9 +36,6 @@ from eventpost.storage._query import (
     check_where,
     normalize_sort,
 )
-
-# eventpost.storage.optimistic imports VersionConflict from the port
-from eventpost.storage.errors import VersionConflict  # noqa: F401
 from eventpost.storage.values import (
     CollectionSpec,
     Document,

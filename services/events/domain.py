@@ -29,8 +29,8 @@ from pydantic import (
 )
 
 from eventpost.errors import Forbidden, Invalid, InvalidMany, PreconditionFailed
+from eventpost.models import LIMIT_DEFAULT, StrictModel, parse_limit
 from eventpost.timeutil import format_time, parse_rfc3339, parse_time
-from eventpost.validation import LIMIT_DEFAULT, StrictModel, parse_limit
 
 if TYPE_CHECKING:
     from eventpost.auth import Claims

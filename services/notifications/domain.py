@@ -223,9 +223,10 @@ def require_one_time(send_at: str | None, before: str | None) -> None:
     """A new reminder names exactly one of ``send_at`` and ``before`` (a 422 about both)."""
     if (send_at is None) == (before is None):
         message = "give exactly one of send_at and before"
-        error = InvalidMany([Invalid(message, "send_at"), Invalid(message, "before")])
-        error.detail = "Give exactly one of send_at and before."
-        raise error
+        raise InvalidMany(
+            [Invalid(message, "send_at"), Invalid(message, "before")],
+            detail="Give exactly one of send_at and before.",
+        )
 
 
 def parse_patch(sent: Mapping[str, Any]) -> dict[str, Any]:

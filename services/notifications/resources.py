@@ -74,9 +74,10 @@ class NotificationsResource(ReminderResource):
         caller = self._caller(req)
         unknown = sorted(set(req.params) - LIST_PARAMETERS)
         if unknown:  # as events and users do: a typo must not silently widen the list
-            error = InvalidMany([Invalid("unknown query parameter", name) for name in unknown])
-            error.detail = "The request did not pass validation."
-            raise error
+            raise InvalidMany(
+                [Invalid("unknown query parameter", name) for name in unknown],
+                detail="The request did not pass validation.",
+            )
         status = _single(req, "status")
         if status is not None and status not in domain.STATUSES:
             raise Invalid("must be one of " + ", ".join(domain.STATUSES), "status")
