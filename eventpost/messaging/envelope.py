@@ -10,13 +10,13 @@ On the wire the body is the envelope as UTF-8 JSON (``{"id", "type", "occurred_a
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pika
 
+from eventpost.ids import new_id
 from eventpost.timeutil import Clock, format_time, parse_time, utcnow
 
 CONTENT_TYPE = "application/json"
@@ -28,10 +28,6 @@ _FIELDS = ("id", "type", "occurred_at", "request_id", "payload")
 
 class MalformedMessage(ValueError):
     """A body or dict that is not a valid envelope."""
-
-
-def _new_id() -> str:
-    return uuid.uuid4().hex
 
 
 @dataclass(frozen=True)
@@ -57,7 +53,7 @@ class Envelope:
         request_id: str | None = None,
         *,
         clock: Clock = utcnow,
-        id_factory: Callable[[], str] = _new_id,
+        id_factory: Callable[[], str] = new_id,
     ) -> Envelope:
         """A new envelope with a fresh id and the current time."""
         return cls(

@@ -43,7 +43,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
@@ -51,6 +50,7 @@ from typing import Any
 import pika.exceptions
 
 from eventpost.contracts import SUBSCRIPTIONS
+from eventpost.ids import worker_name
 from eventpost.logs import configure_logging, request_id_var
 from eventpost.loops import Backoff, run_rounds
 from eventpost.messaging.envelope import Envelope, MalformedMessage
@@ -65,11 +65,6 @@ log = logging.getLogger("eventpost.messaging.relay")
 _OUTAGE = (pika.exceptions.AMQPConnectionError, OSError)
 #: How much of a failure's text is kept on the outbox record.
 _REASON_CHARS = 500
-
-
-def _default_owner() -> str:
-    """A relay's name in the leases: host, pid and a random suffix."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 @dataclass(eq=False)
@@ -89,7 +84,7 @@ class OutboxRelay:
     store: Store
     publisher: Publisher
     _: KW_ONLY
-    owner: str = field(default_factory=_default_owner)
+    owner: str = field(default_factory=worker_name)
     lease_seconds: float = 30.0
     batch: int = 100
     poll_interval: float = 0.2

@@ -14,7 +14,6 @@ import json
 import logging
 import re
 import time
-import uuid
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ import falcon
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from eventpost.errors import DomainError
+from eventpost.ids import new_id
 from eventpost.logs import loggable_path, request_id_var
 from eventpost.problems import PROBLEM_JSON, problem_body, problem_from_http_error
 
@@ -37,7 +37,7 @@ OPS_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 def new_request_id() -> str:
     """A fresh request ID."""
-    return uuid.uuid4().hex
+    return new_id()
 
 
 def sane_request_id(value: str | None) -> str:

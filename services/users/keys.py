@@ -24,7 +24,6 @@ import os
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from eventpost.auth import AUDIENCE, ISSUER, Claims, KeySet, UnknownKey
+from eventpost.ids import new_id
 from eventpost.settings import Settings
 from eventpost.timeutil import format_time, utcnow
 
@@ -256,7 +256,7 @@ class KeyRing:
                 "role": role,
                 "iat": issued,
                 "exp": issued + ttl,
-                "jti": uuid.uuid4().hex,
+                "jti": new_id(),
             }
         )
 
