@@ -23,7 +23,7 @@ from pathlib import Path
 
 from invoke import Exit, task
 
-from tasks.core import ROOT, VENV_PY
+from tasks.core import ROOT, VENV_PY, ensure_rabbitmq
 from tasks.events import populate
 
 DEPLOYABLES = (
@@ -178,9 +178,12 @@ def run_containers(c):
         return
     _say(
         "No podman-compose here: starting EventPost's own images with "
-        "containers/podman-suite.sh (host RabbitMQ, embedded store, SMTP_HOST/SMTP_PORT; "
-        "no MongoDB, Consul, Mailpit or log collector)."
+        "containers/podman-suite.sh on the host's network (the host's RabbitMQ at AMQP_URL, "
+        "the embedded store in a volume; no MongoDB, Consul, Mailpit or log collector). "
+        "Mail goes to SMTP_HOST:SMTP_PORT (default 127.0.0.1:1025): start "
+        "`.venv/bin/python -m devtools.smtp_sink` there, or point them at a mail server."
     )
+    ensure_rabbitmq(c)
     missing = [
         n for n in DEPLOYABLES if not _answers(["podman", "image", "exists", f"eventpost/{n}"])
     ]
