@@ -132,7 +132,7 @@ down() {
         # shellcheck disable=SC2086 # one argument per container id
         podman stop -t 15 $ids 2>&1 >/dev/null | grep -v "unable to get systemd connection" >&2 || true
         # shellcheck disable=SC2086
-        podman rm -f $ids >/dev/null || true
+        podman rm -f $ids 2>&1 >/dev/null | grep -v "unable to get systemd connection" >&2 || true
     fi
     podman volume rm -f "$VOLUME" >/dev/null 2>&1 || true
     say "removed $PREFIX-* and $VOLUME"
