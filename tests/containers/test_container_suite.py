@@ -161,7 +161,8 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContainerSuite]:
         pytest.skip(reason)
     mail_dir = tmp_path_factory.mktemp("mail")
     smtp_port = free_port()
-    prefix = f"eventpost-ct-{uuid.uuid4().hex[:8]}"
+    # Not eventpost-ct-*: that is what `invoke stopContainers` removes.
+    prefix = f"eventpost-test-{uuid.uuid4().hex[:8]}"
     with isolated_vhost() as amqp_url:
         env = _podman_env() | {
             "EVENTPOST_CT_PREFIX": prefix,
