@@ -4,7 +4,8 @@ every image, every part started on the host's network with the host's RabbitMQ (
 of its own), the embedded store in a volume and an SMTP sink on the host. Then: /ready, a
 sign-up through the containerised gateway until the welcome email arrives, the request id in
 the parts' logs, images without tests, dev tooling or .git, non-root processes, health checks,
-Heroku's release command, and `podman stop` finishing a request in flight with exit code 0.
+Heroku's release command, `podman stop` finishing a request in flight with exit code 0, and
+every worker exiting 0 on `podman stop`.
 
 Skipped, with the reason, where podman cannot run containers (not root, no podman, no runc
 settings that work, no RabbitMQ). The first run downloads Debian (about 1-2 minutes here) and
@@ -362,3 +363,15 @@ def test_podman_stop_finishes_the_request_in_flight_and_exits_0(
     state = podman("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", suite.container(part))
     assert state.split() == ["exited", "0"]
     sys.stderr.write(f"{part} stopped in {elapsed:.1f} s\n")
+
+
+@pytest.mark.parametrize(
+    "part",
+    ["users-relay", "events-relay", "notifications-worker", "dispatcher", "email-sender"],
+)
+def test_podman_stop_of_a_worker_exits_0(suite: ContainerSuite, part: str) -> None:
+    """Last too: a worker as PID 1 handles SIGTERM itself (no init in the image), finishes
+    what it has in hand and exits 0, not killed at the end of the grace period (137)."""
+    podman("stop", "-t", "15", suite.container(part), timeout=60)
+    state = podman("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", suite.container(part))
+    assert state.split() == ["exited", "0"]
