@@ -33,7 +33,7 @@ import pytest
 from devtools.launcher import free_port
 from devtools.smtp_sink import Mailbox
 from tests.containers._files import HTTP_IMAGES, IMAGES, ROOT, yaml_file
-from tests.e2e._suite import isolated_vhost
+from tests.e2e._suite import isolated_vhost, json_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1200)]
 
@@ -117,15 +117,7 @@ class ContainerSuite:
             timeout=60,
             env=_podman_env(),
         )
-        records = []
-        for line in (out.stdout + out.stderr).splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-        return records
+        return json_records((out.stdout + out.stderr).splitlines())
 
 
 def _start_sink(port: int, directory: Path) -> subprocess.Popen[bytes]:

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,19 @@ from typing import Any
 import httpx
 
 from devtools.launcher import ROOT, Suite, free_port
+
+
+def json_records(lines: Iterable[str]) -> list[dict[str, Any]]:
+    """The JSON objects among log lines (other lines skipped)."""
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 @dataclass
@@ -41,15 +54,7 @@ class RunningSuite:
     def logs(self, part: str) -> list[dict[str, Any]]:
         """The JSON records of a part's log (lines that are not JSON are skipped)."""
         path = self.data_dir / "log" / f"{part}.log"
-        records = []
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-        return records
+        return json_records(path.read_text(errors="replace").splitlines())
 
     def create_admin(self, username: str, email: str, password: str | None = None) -> None:
         """``invoke create-admin`` against the running suite's store."""
