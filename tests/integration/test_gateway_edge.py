@@ -300,6 +300,17 @@ def test_a_body_dribbling_in_gets_408(quick):
     assert answer.status == 408
 
 
+def test_a_body_announced_too_large_gets_413_and_its_bytes_are_not_waited_for(quick):
+    head = request_head("/v1/users", "Content-Type: application/json", "Content-Length: 999999")
+    with connect(quick) as sock:
+        sock.sendall(head.replace(b"GET", b"POST") + b"{")
+        # The 413 goes out before the body; after the body deadline the connection is closed
+        # without a second answer.
+        (answer,) = responses(read_all(sock))
+    assert answer.status == 413
+    assert answer.problem()["status"] == 413
+
+
 def test_a_chunked_body_that_never_ends_gets_408(quick):
     head = request_head("/v1/users", "Content-Type: application/json", "Transfer-Encoding: chunked")
     answer = only(exchange(quick, head.replace(b"GET", b"POST") + b"2\r\n{}\r\n"))
