@@ -43,7 +43,7 @@ if _samples is not None:
 
 
 @events.request.add_listener
-def _record(request_type, name, response_time, response=None, exception=None, **_):
+def _record(name, response_time, response=None, exception=None, **_):
     """One line per request: when it ended, its name, how long, ``ok`` or what went wrong."""
     if _samples is None:
         return
@@ -53,7 +53,7 @@ def _record(request_type, name, response_time, response=None, exception=None, **
         status = getattr(response, "status_code", 0) or 0
         outcome = str(status) if status else type(exception).__name__
     now = datetime.now(UTC).timestamp()
-    _samples.write(f"{now:.3f}\t{request_type} {name}\t{response_time:.2f}\t{outcome}\n")
+    _samples.write(f"{now:.3f}\t{name}\t{response_time:.2f}\t{outcome}\n")
 
 
 @events.quitting.add_listener
@@ -147,7 +147,7 @@ class EventsGet(FastHttpUser):
 
     abstract = True
     wait_time = constant(0)
-    weight = 3
+    weight = 7  # 7 GET users to 3 POST-PUT-DELETE users, as the seed's concurrency
 
     @task
     def cycle(self) -> None:
@@ -161,7 +161,7 @@ class EventsPostPutDelete(FastHttpUser):
 
     abstract = True
     wait_time = constant(0)
-    weight = 1
+    weight = 3
 
     def on_start(self) -> None:
         self.headers = _bearer(admin_token(self.client))
@@ -192,7 +192,7 @@ class NotificationsGet(FastHttpUser):
 
     abstract = True
     wait_time = constant(0)
-    weight = 3
+    weight = 7  # 7 GET users to 3 POST-PUT-DELETE users, as the seed's concurrency
 
     def on_start(self) -> None:
         self.headers = _bearer(sign_up(self.client))
@@ -226,7 +226,7 @@ class NotificationsPostPutDelete(FastHttpUser):
 
     abstract = True
     wait_time = constant(0)
-    weight = 1
+    weight = 3
 
     def on_start(self) -> None:
         self.headers = _bearer(sign_up(self.client))
