@@ -79,10 +79,10 @@ def summarize(rows: list[tuple[float, str, float, str]]) -> dict[str, Any]:
     return {
         "total": _figures([r[2] for r in rows], total_errors, seconds),
         "by_type": {
-            name: _figures(lat, sum(errors[name].values()), seconds)
+            name: _figures(lat, sum(errors.get(name, Counter()).values()), seconds)
             for name, lat in sorted(by_name.items())
         },
-        "errors": {name: dict(c) for name, c in sorted(errors.items())},
+        "errors": {name: dict(c) for name, c in sorted(errors.items()) if c},
         "timeline": timeline,
     }
 
