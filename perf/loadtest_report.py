@@ -153,9 +153,8 @@ def svg_chart(title: str, series: dict[str, list], unit: str, width=620, height=
         parts.append(
             f'<text x="{x:.1f}" y="{top + plot_h + 16}" class="xl">{x_max * i / 5:.0f}</text>'
         )
-    parts.append(
-        f'<text x="{left + plot_w / 2}" y="{height - 6}" class="xl">seconds into the run; {unit}</text>'
-    )
+    axis = f"seconds into the run; {unit}"
+    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 6}" class="xl">{axis}</text>')
     for index, points in enumerate(series.values()):
         color = PALETTE[index % len(PALETTE)]
         segments, current = [], []
