@@ -247,6 +247,14 @@ def hello_server(out: Path) -> Iterator[str]:
             proc.wait()
 
 
+def new_run_dir(out: Path, name: str) -> Path:
+    """A fresh directory for one run's files: ``<out>/<name>-<UTC time>``."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    run_dir = (out / f"{name}-{stamp}").resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
 # -- main ------------------------------------------------------------------------------------
 
 
@@ -260,9 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     url = (args.url or f"http://127.0.0.1:{os.environ.get('GATEWAY_PORT', '8000')}").rstrip("/")
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    run_dir = (args.out / f"loadtest-{args.scenario}-{args.users}u-{stamp}").resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = new_run_dir(args.out, f"loadtest-{args.scenario}-{args.users}u")
+    stamp = run_dir.name.rsplit("-", 2)[-2] + "-" + run_dir.name.rsplit("-", 1)[-1]
 
     def say(line: str) -> None:
         print(line, flush=True)
