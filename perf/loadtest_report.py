@@ -129,7 +129,7 @@ def _nice_max(value: float) -> float:
     return 10 * magnitude
 
 
-def svg_chart(title: str, series: dict[str, list], unit: str, width=620, height=240) -> str:
+def svg_chart(title: str, series: dict[str, list], unit: str, width=600, height=240) -> str:
     """A line chart (x: seconds into the run) of named series; ``None`` points are gaps."""
     left, right, top, bottom = 56, 12, 28, 40
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -170,7 +170,11 @@ def svg_chart(title: str, series: dict[str, list], unit: str, width=620, height=
         if current:
             segments.append(current)
         for seg in segments:
-            parts.append(f'<polyline points="{" ".join(seg)}" stroke="{color}" class="l"/>')
+            if len(seg) == 1:  # a lone point: a dot, a one-point line would not show
+                x, y = seg[0].split(",")
+                parts.append(f'<circle cx="{x}" cy="{y}" r="2.5" fill="{color}"/>')
+            else:
+                parts.append(f'<polyline points="{" ".join(seg)}" stroke="{color}" class="l"/>')
     parts.append("</svg>")
     legend = "".join(
         f'<span><i style="background:{PALETTE[i % len(PALETTE)]}"></i>{html.escape(n)}</span>'
@@ -182,13 +186,14 @@ def svg_chart(title: str, series: dict[str, list], unit: str, width=620, height=
 # -- HTML ------------------------------------------------------------------------------------
 
 STYLE = """
-body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1320px}
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1360px}
 h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:24px 0 8px}
 .verdict{display:inline-block;padding:2px 10px;border-radius:4px;color:#fff;font-weight:600}
 .pass{background:#2ca02c}.fail{background:#d62728}
 table{border-collapse:collapse;margin:8px 0}td,th{padding:3px 10px;border-bottom:1px solid #ddd;
 text-align:right}th:first-child,td:first-child{text-align:left}th{background:#f4f4f4}
-.grid{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;border:1px solid #e4e4e4;padding:6px}
+.grid{display:flex;flex-wrap:wrap;gap:12px}
+figure{margin:0;border:1px solid #e4e4e4;padding:6px;width:min-content}
 figcaption span{margin-right:12px;font-size:12px;white-space:nowrap}
 figcaption i{display:inline-block;width:10px;height:10px;margin-right:4px}
 svg .t{font-weight:600;font-size:13px}svg .g{stroke:#e8e8e8}

@@ -76,5 +76,5 @@ def test_a_run_with_errors_fails_and_lists_them(tmp_path):
 
 
 def test_chart_leaves_gaps_for_missing_points():
-    svg = svg_chart("latency", {"p99": [1.0, None, 3.0, 4.0]}, "ms")
-    assert svg.count("<polyline") == 2
+    svg = svg_chart("latency", {"p99": [1.0, None, 3.0, 4.0, None, 5.0]}, "ms")
+    assert svg.count("<polyline") == 1 and svg.count("<circle") == 2
