@@ -193,7 +193,7 @@ class ConsulDouble:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
-        self._changed: asyncio.Condition | None = None
+        self._changed: asyncio.Event | None = None
         self._recovered: asyncio.Event | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._reaper: asyncio.Task[None] | None = None
@@ -246,7 +246,7 @@ class ConsulDouble:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     async def _start(self) -> None:
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()
         self._recovered = asyncio.Event()
         self._recovered.set()
         self._http = aiohttp.ClientSession()
@@ -597,8 +597,9 @@ class ConsulDouble:
     async def _bump(self) -> int:
         assert self._changed is not None
         self.index += 1
-        async with self._changed:
-            self._changed.notify_all()
+        # Wake every blocked query: each waits on the event current when it started.
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
         return self.index
 
     async def _block(self, request: web.Request) -> None:
@@ -611,15 +612,14 @@ class ConsulDouble:
             wait = min(parse_duration(request.query.get("wait"), 300.0), 600.0)
         except ValueError:
             raise _BadRequest("Invalid index or wait") from None
-        assert self._changed is not None
         deadline = asyncio.get_running_loop().time() + wait
-        async with self._changed:
-            while self.index <= index:
-                left = deadline - asyncio.get_running_loop().time()
-                if left <= 0:
-                    return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), left)
+        while self.index <= index:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            assert self._changed is not None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
 
     async def _health_service(self, request: web.Request, name: str) -> web.Response:
         await self._block(request)

@@ -222,7 +222,7 @@ class Registrar:
     def register(self) -> None:
         """PUT the documented body (raises on failure)."""
         d = self.definition
-        headers = {"Content-Type": "application/json", **self.client.agent.prepare_headers()}
+        headers = {"Content-Type": "application/json", **self.client.prepare_headers()}
         self.client.http.put(
             CB.boolean(),
             "/v1/agent/service/register",
@@ -251,7 +251,7 @@ class Registrar:
             known = self.client.http.get(
                 CB.json(allow_404=True),
                 f"/v1/agent/service/{urllib.parse.quote(d.service_id, safe='')}",
-                headers=self.client.agent.prepare_headers(),
+                headers=self.client.prepare_headers(),
             )
             if known is None:
                 self._forgotten()
