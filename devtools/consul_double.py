@@ -296,14 +296,22 @@ class ConsulDouble:
         """Stop listening: connections are refused until :meth:`come_back`."""
 
         async def down() -> None:
+            self.mode = "down"
             if self._site is not None:
                 await self._site.stop()
                 self._site = None
+            # Open keep-alive connections and blocked queries go too, as when a process dies.
+            assert self._runner is not None and self._runner.server is not None
+            for handler in self._runner.server.connections:
+                handler.force_close()
+                if handler.transport is not None:
+                    handler.transport.abort()
 
         self._call(down())
 
     def come_back(self) -> None:
         """Listen again on the same port."""
+        self.mode = "up"
         self._call(self._listen())
 
     def hang(self) -> None:
@@ -324,10 +332,13 @@ class ConsulDouble:
 
     # -- test helpers (thread-safe) ------------------------------------------------------
 
-    def set_status(self, check_id: str, status: str) -> None:
-        """Set a check's status as if it had run (HTTP checks keep running afterwards)."""
+    def set_status(self, check_id: str, status: str, *, hold: bool = False) -> None:
+        """Set a check's status as if it had run; ``hold`` stops an HTTP check from running
+        again (it keeps that status), else it goes on at its interval."""
 
         async def set_() -> None:
+            if hold and (task := self._tasks.pop(check_id, None)) is not None:
+                task.cancel()
             await self._set_status(self.checks[check_id], status, "set by the test")
 
         self._call(set_())
