@@ -14,6 +14,7 @@ Constructing ``Settings(...)`` directly reads nothing from the environment: test
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +25,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.sources import EnvSettingsSource, PydanticBaseSettingsSource
 
 from eventpost.consul import config_overrides as consul_config
+
+log = logging.getLogger("eventpost.settings")
 
 DEFAULT_PORTS = {
     "gateway": 8000,
@@ -200,9 +203,29 @@ class Settings(BaseSettings):
         Raises ValueError (a pydantic ValidationError) naming the variable at fault."""
         env = os.environ if env is None else env
         if env.get("CONSUL_HTTP_ADDR"):
-            env = {**env, **consul_config(env["CONSUL_HTTP_ADDR"], env.get("CONSUL_HTTP_TOKEN"))}
+            env = cls._with_kv(service, env)
         source = MappingEnvSource(cls, env)
         return cls(service=service, **source())
+
+    @classmethod
+    def _with_kv(cls, service: str, env: Mapping[str, str]) -> dict[str, str]:
+        """``env`` with the Consul KV settings over it; a KV value that does not validate is
+        logged and the environment's kept (a bad key in KV must not stop every part)."""
+        merged = dict(env)
+        overrides = consul_config(env["CONSUL_HTTP_ADDR"], env.get("CONSUL_HTTP_TOKEN"))
+        for name, value in sorted(overrides.items()):
+            try:
+                cls(service=service, **MappingEnvSource(cls, {**merged, name: value})())
+            except ValueError as exc:
+                log.warning(
+                    "Consul KV %s=%r does not parse; using the environment's value",
+                    name,
+                    value,
+                    extra={"variable": name, "error": str(exc).splitlines()[0]},
+                )
+                continue
+            merged[name] = value
+        return merged
 
     @property
     def service_ports(self) -> dict[str, int]:
