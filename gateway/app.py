@@ -109,19 +109,19 @@ def create_app(
     return app
 
 
-def limit_setter(limiters: Iterable[RateLimiter]) -> Callable[[str, Any], None]:
-    """Sets a new ``gateway_rate_limit`` (requests/s) or ``gateway_rate_burst`` on every
+def limit_setter(limiters: Iterable[RateLimiter]) -> Callable[..., None]:
+    """``set_limits(rate=None, burst=None)``: a new rate (requests/s) and/or burst on every
     limiter, in place: buckets are kept, refills follow the new values from now on."""
     limiters = tuple(limiters)
 
-    def set_limit(field: str, value: Any) -> None:
+    def set_limits(rate: float | None = None, burst: int | None = None) -> None:
         for limiter in limiters:
-            if field == "gateway_rate_limit":
-                limiter.rate = float(value)
-            else:
-                limiter.burst = max(1, int(value))
+            if rate is not None:
+                limiter.rate = float(rate)
+            if burst is not None:
+                limiter.burst = max(1, int(burst))
 
-    return set_limit
+    return set_limits
 
 
 def jwks_fetcher(client: UpstreamClient) -> Callable[[], Awaitable[Mapping[str, Any]]]:

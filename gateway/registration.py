@@ -25,18 +25,19 @@ log = logging.getLogger("gateway")
 class ConsulLifespan:
     """Falcon ASGI middleware: Consul registration and live limits for the app's lifetime.
 
-    ``set_limit(field, value)`` applies a new ``gateway_rate_limit`` or
-    ``gateway_rate_burst`` to the gateway's limiters."""
+    ``set_limits(rate=..., burst=...)`` applies a new ``GATEWAY_RATE_LIMIT`` or
+    ``GATEWAY_RATE_BURST`` to the gateway's limiters (the shape of a rate policy's
+    ``set_general``)."""
 
     def __init__(
         self,
         settings: Settings,
-        set_limit: Callable[[str, Any], None],
+        set_limits: Callable[..., None],
         *,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
-        self.set_limit = set_limit
+        self.set_limits = set_limits
         self.env = os.environ if env is None else env
         self.registration: Registrar | None = None
         self.live: LiveSettings | None = None
@@ -47,8 +48,8 @@ class ConsulLifespan:
             register_http, settings, "gateway", settings.gateway_host, settings.gateway_port
         )
         setters = {
-            field: (lambda value, field=field: self.set_limit(field, value))
-            for field in ("gateway_rate_limit", "gateway_rate_burst")
+            "gateway_rate_limit": lambda rate: self.set_limits(rate=rate),
+            "gateway_rate_burst": lambda burst: self.set_limits(burst=burst),
         }
         self.live = LiveSettings(settings, setters, env=self.env).start()
 

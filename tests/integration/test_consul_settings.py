@@ -83,9 +83,11 @@ def test_the_token_is_sent_for_kv():
 
 
 @pytest.fixture
-def gateway(consul, fakes) -> Iterator[tuple[str, RateLimiter]]:
+def gateway(consul, fakes, monkeypatch) -> Iterator[tuple[str, RateLimiter]]:
     """A gateway on the double (it registers and watches KV); its per-address limiter runs on
-    a clock that does not move, so a bucket only refills when the test says so."""
+    a clock that does not move, so a bucket only refills when the test says so. It started
+    with GATEWAY_RATE_LIMIT=0 in its environment (where a deleted key goes back to)."""
+    monkeypatch.setenv("GATEWAY_RATE_LIMIT", "0")
     limiter = RateLimiter(0, 40, ManualClock())
     # Upstreams at their static addresses: this is about settings, not discovery.
     static = StaticDiscovery(Settings().with_(service_ports=fakes.ports()))
@@ -201,9 +203,9 @@ def test_the_gateway_setter_only_touches_rate_and_burst():
     from gateway.app import limit_setter
 
     limiters = [RateLimiter(1, 2, ManualClock()), RateLimiter(1, 2, ManualClock())]
-    set_limit = limit_setter(limiters)
-    set_limit("gateway_rate_limit", 5.0)
-    set_limit("gateway_rate_burst", 0)
+    set_limits = limit_setter(limiters)
+    set_limits(rate=5.0)
+    set_limits(burst=0)
     assert [(lim.rate, lim.burst) for lim in limiters] == [(5.0, 1), (5.0, 1)]
 
 
