@@ -62,6 +62,8 @@ def _gunicorn(service: str, port: int) -> list[str]:
         "10",
         "--log-level",
         "warning",
+        "--config",
+        "python:eventpost.gunicorn_hooks",  # Consul registration per worker, when configured
         f"services.{service}.wsgi:app",
     ]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import falcon
@@ -31,6 +31,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.middleware import GatewayEdge, LifespanMiddleware, RateLimitMiddleware
 from gateway.proxy import Proxy
 from gateway.ratelimit import RateLimiter
+from gateway.registration import ConsulLifespan
 from gateway.upstreams import UpstreamClient, UpstreamPolicy
 
 log = logging.getLogger("gateway.http")
@@ -60,11 +61,14 @@ def create_app(
     registry: CollectorRegistry | None = None,
     jwks_min_refetch: float = 5.0,
     address_limiter: RateLimiter | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> falcon.asgi.App:
     """The gateway app. ``discovery`` finds the upstreams (default: ``discovery_for(settings)``),
     ``clock`` (monotonic seconds) drives rate limits, circuit breakers and the JWKS cache,
     ``policies`` overrides timeouts/retries/breaker per upstream, ``registry`` holds the
     metrics, ``address_limiter`` replaces the per-address buckets made from the settings.
+    With ``CONSUL_HTTP_ADDR`` the gateway registers in Consul and follows its rate limits in
+    KV (``env``: the environment it started from, where a deleted key goes back to).
     Nothing connects until the ASGI lifespan starts."""
     registry = registry or CollectorRegistry()
     metrics = GatewayMetrics(registry)
@@ -81,14 +85,18 @@ def create_app(
     )
     verifier = EdgeVerifier(jwks_fetcher(client), clock=clock, min_refetch_seconds=jwks_min_refetch)
     rate, burst = settings.gateway_rate_limit, settings.gateway_rate_burst
-    app = falcon.asgi.App(
-        middleware=[
-            LifespanMiddleware(client),
-            GatewayEdge(metrics),
-            cors_middleware(settings),
-            RateLimitMiddleware(address_limiter or RateLimiter(rate, burst, clock)),
-        ],
-    )
+    address_limiter = address_limiter or RateLimiter(rate, burst, clock)
+    subject_limiter = RateLimiter(rate, burst, clock)
+    middleware: list[Any] = [
+        LifespanMiddleware(client),
+        GatewayEdge(metrics),
+        cors_middleware(settings),
+        RateLimitMiddleware(address_limiter),
+    ]
+    if settings.consul_http_addr:
+        limiters = (address_limiter, subject_limiter)
+        middleware.insert(1, ConsulLifespan(settings, limit_setter(limiters), env=env))
+    app = falcon.asgi.App(middleware=middleware)
     install_edge(
         app,
         ASGI_EDGE,
@@ -97,9 +105,23 @@ def create_app(
         ready_checks=client.ready_checks(),
         registry=registry,
     )
-    subject_limiter = RateLimiter(rate, burst, clock)
     app.add_sink(Proxy(settings, client, verifier, subject_limiter, metrics).handle, r"^/v1/")
     return app
+
+
+def limit_setter(limiters: Iterable[RateLimiter]) -> Callable[..., None]:
+    """``set_limits(rate=None, burst=None)``: a new rate (requests/s) and/or burst on every
+    limiter, in place: buckets are kept, refills follow the new values from now on."""
+    limiters = tuple(limiters)
+
+    def set_limits(rate: float | None = None, burst: int | None = None) -> None:
+        for limiter in limiters:
+            if rate is not None:
+                limiter.rate = float(rate)
+            if burst is not None:
+                limiter.burst = max(1, int(burst))
+
+    return set_limits
 
 
 def jwks_fetcher(client: UpstreamClient) -> Callable[[], Awaitable[Mapping[str, Any]]]:

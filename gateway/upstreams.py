@@ -145,9 +145,11 @@ class Upstream:
             sock_connect=self.policy.connect_timeout,
         )
 
-    def pick(self, instances: list[str]) -> str:
-        """The next instance, round-robin."""
-        return instances[next(self._turn) % len(instances)]
+    def pick(self, instances: list[str], tried: Iterable[str] = ()) -> str:
+        """The next instance, round-robin, preferring one not ``tried`` yet by this request
+        (a retry after a dead instance goes elsewhere even while others take turns)."""
+        fresh = [base for base in instances if base not in tried] or instances
+        return fresh[next(self._turn) % len(fresh)]
 
 
 # Errors raised before any byte of the request left: safe to retry for any method.
@@ -184,7 +186,9 @@ class UpstreamClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        """Open the connection pool (call from inside the running event loop)."""
+        """Open the connection pool (call from inside the running event loop) and have
+        discovery follow every upstream from now on."""
+        self.discovery.watch(sorted(self.upstreams))
         if self._session is None:
             connector = aiohttp.TCPConnector(
                 limit=512,
@@ -244,8 +248,10 @@ class UpstreamClient:
         tries = 1 + max(0, upstream.policy.retries)
         idempotent = method in IDEMPOTENT_METHODS
         try:
+            tried: list[str] = []
             for attempt in range(tries):
-                base = upstream.pick(self._instances(name))
+                base = upstream.pick(self._instances(name), tried)
+                tried.append(base)
                 started = time.perf_counter()
                 try:
                     async with self.session.request(
