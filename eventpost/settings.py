@@ -81,6 +81,17 @@ class Settings(BaseSettings):
         DEFAULT_PORTS["notifications"],
         validation_alias=_env("NOTIFICATIONS_PORT", "notifications_port"),
     )
+    # Static instances of a service (comma-separated base URLs, ``http://host:port``): what
+    # ``invoke run --replicas`` hands every part; unset: the one instance on its ``*_PORT``.
+    users_instances: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), validation_alias=_env("USERS_INSTANCES", "users_instances")
+    )
+    events_instances: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), validation_alias=_env("EVENTS_INSTANCES", "events_instances")
+    )
+    notifications_instances: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), validation_alias=_env("NOTIFICATIONS_INSTANCES", "notifications_instances")
+    )
     smtp_host: str = Field("127.0.0.1", validation_alias=_env("SMTP_HOST", "smtp_host"))
     smtp_port: int = Field(1025, validation_alias=_env("SMTP_PORT", "smtp_port"))
     smtp_user: str | None = Field(None, validation_alias=_env("SMTP_USER", "smtp_user"))
@@ -144,6 +155,19 @@ class Settings(BaseSettings):
     @classmethod
     def _delays(cls, value: object) -> object:
         return _comma_list(value)
+
+    @field_validator(
+        "users_instances", "events_instances", "notifications_instances", mode="before"
+    )
+    @classmethod
+    def _instances(cls, value: object) -> object:
+        urls = _comma_list(value)
+        if isinstance(urls, tuple):
+            for url in urls:
+                if not url.startswith(("http://", "https://")):
+                    raise ValueError(f"{url!r} is not an http(s) base URL")
+            return tuple(url.rstrip("/") for url in urls)
+        return urls
 
     @field_validator("gateway_cors_origins", mode="before")
     @classmethod
