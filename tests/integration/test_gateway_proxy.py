@@ -396,9 +396,10 @@ def test_a_dead_instance_leaves_the_rotation_until_its_cooldown_ends(fakes, capl
     def tries_at_dead() -> int:
         return sum(1 for r in caplog.records if f"cannot connect to {dead_url}" in r.getMessage())
 
-    with running_gateway(
-        fakes, discovery=discovery, clock=clock, policies={"events": policy}
-    ) as (url, _):
+    with running_gateway(fakes, discovery=discovery, clock=clock, policies={"events": policy}) as (
+        url,
+        _,
+    ):
         answers = [call(url, "GET", "/v1/events") for _ in range(10)]
         assert [a.status for a in answers] == [200] * 10
         assert tries_at_dead() == 1  # one failed connect, then the live one took every request
