@@ -141,6 +141,32 @@ class Settings(BaseSettings):
     gateway_rate_burst: int = Field(
         40, validation_alias=_env("GATEWAY_RATE_BURST", "gateway_rate_burst")
     )
+    # Per route class (README "Rate limits"); unset: derived from the two above.
+    gateway_login_rate_limit: float | None = Field(
+        None, validation_alias=_env("GATEWAY_LOGIN_RATE_LIMIT", "gateway_login_rate_limit")
+    )
+    gateway_login_rate_burst: int | None = Field(
+        None, validation_alias=_env("GATEWAY_LOGIN_RATE_BURST", "gateway_login_rate_burst")
+    )
+    gateway_user_rate_limit: float | None = Field(
+        None, validation_alias=_env("GATEWAY_USER_RATE_LIMIT", "gateway_user_rate_limit")
+    )
+    gateway_user_rate_burst: int | None = Field(
+        None, validation_alias=_env("GATEWAY_USER_RATE_BURST", "gateway_user_rate_burst")
+    )
+    gateway_admin_rate_limit: float | None = Field(
+        None, validation_alias=_env("GATEWAY_ADMIN_RATE_LIMIT", "gateway_admin_rate_limit")
+    )
+    gateway_admin_rate_burst: int | None = Field(
+        None, validation_alias=_env("GATEWAY_ADMIN_RATE_BURST", "gateway_admin_rate_burst")
+    )
+    # Redis that holds the gateway's rate-limit buckets, shared by every instance (unset: each
+    # gateway keeps its own in memory); keys start with the prefix.
+    redis_url: str | None = Field(None, repr=False, validation_alias=_env("REDIS_URL", "redis_url"))
+    gateway_redis_prefix: str = Field(
+        "eventpost:ratelimit:",
+        validation_alias=_env("GATEWAY_REDIS_PREFIX", "gateway_redis_prefix"),
+    )
     gateway_cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
         ("*",), validation_alias=_env("GATEWAY_CORS_ORIGINS", "gateway_cors_origins")
     )
