@@ -170,19 +170,19 @@ class Upstream:
             self._instance_breakers[base] = breaker
         return breaker
 
-    def pick(self, instances: list[str], avoid: str | None = None) -> str:
-        """The next instance, round-robin over those whose breaker lets a request through,
-        never ``avoid`` (the one just tried) while there are others; when no breaker lets one
-        through, the next one anyway: the service's own breaker decides about giving up."""
+    def pick(self, instances: list[str], tried: Iterable[str] = ()) -> str:
+        """The next instance, round-robin, preferring one not ``tried`` yet by this request
+        (a retry after a dead instance goes elsewhere even while others take turns) and,
+        among those, one whose own breaker lets a request through; when none does, the next
+        one anyway: the service's breaker decides about giving up."""
         if len(self._instance_breakers) > 2 * len(instances) + 8:
             # Instances that left the list (discovery changed): forget their breakers.
             keep = set(instances)
             for gone in [base for base in self._instance_breakers if base not in keep]:
                 del self._instance_breakers[gone]
+        fresh = [base for base in instances if base not in tried] or instances
         start = next(self._turn)
-        order = [instances[(start + i) % len(instances)] for i in range(len(instances))]
-        if avoid in order and len(order) > 1:
-            order.remove(avoid)
+        order = [fresh[(start + i) % len(fresh)] for i in range(len(fresh))]
         for base in order:
             if self.instance_breaker(base).allow():
                 return base
@@ -284,10 +284,11 @@ class UpstreamClient:
             )
         tries = 1 + max(0, upstream.policy.retries)
         idempotent = method in IDEMPOTENT_METHODS
-        base: str | None = None
+        tried: list[str] = []
         try:
             for attempt in range(tries):
-                base = upstream.pick(self._instances(name), avoid=base)
+                base = upstream.pick(self._instances(name), tried)
+                tried.append(base)
                 instance = upstream.instance_breaker(base)
                 started = time.perf_counter()
                 try:
@@ -331,8 +332,8 @@ class UpstreamClient:
             raise AssertionError("unreachable")  # pragma: no cover
         except asyncio.CancelledError:
             breaker.release_trial()
-            if base is not None:
-                upstream.instance_breaker(base).release_trial()
+            if tried:
+                upstream.instance_breaker(tried[-1]).release_trial()
             raise
 
     def ready_checks(self) -> dict[str, Callable[[], Awaitable[None]]]:
