@@ -154,7 +154,7 @@ class RedisBuckets(Buckets):
                 "Redis at %s cannot be reached (%s); rate limits are NOT enforced, requests "
                 "pass (fail open); %d passed unchecked since this was last said",
                 self._where(),
-                repr(exc) if exc is not None else "still down",
+                f"{type(exc).__name__}: {exc}" if exc is not None else "still down",
                 self._unsaid,
             )
             self._last_said = now

@@ -4,6 +4,7 @@ default settings, limits changed at run time, and buckets shared through the rea
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import uuid
@@ -17,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from devtools.http_doubles import FakeServices, ManualClock, closed_port, running_gateway
 from eventpost.settings import Settings
 from gateway.ratelimit import EdgePolicy
+from gateway.redis_buckets import RedisBuckets
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -176,3 +178,24 @@ def test_redis_down_fails_open_is_logged_once_and_shown_in_metrics(fakes, caplog
     said = [r for r in caplog.records if "NOT enforced" in r.getMessage()]
     assert len(said) == 1  # once per period, not once per request
     assert "fail open" in said[0].getMessage()
+
+
+def test_the_redis_script_refills_by_rate_and_says_how_long_to_wait(redis_prefix):
+    async def run() -> list:
+        buckets = RedisBuckets(REDIS_URL, prefix=redis_prefix)
+        await buckets.start()
+        try:
+            return [
+                await buckets.take("k", rate=0.1, burst=2),
+                await buckets.take("k", rate=0.1, burst=2),
+                await buckets.take("k", rate=0.1, burst=2),  # empty: 1 token in 10 s
+                await buckets.take("other", rate=0.1, burst=2),
+                await buckets.take("big", rate=0.1, burst=5, cost=6),  # more than it holds
+            ]
+        finally:
+            await buckets.close()
+
+    first, second, third, other, big = asyncio.run(run())
+    assert first.allowed and second.allowed and other.allowed
+    assert not third.allowed and third.retry_after == 10
+    assert not big.allowed and big.retry_after == 10
