@@ -1,6 +1,7 @@
-"""`invoke run --replicas events=2` through the real launcher: the gateway spreads GETs over both
-events instances (each instance's /metrics shows its share), and an instance killed with SIGKILL
-is restarted by the launcher while the suite keeps answering."""
+"""`invoke run --replicas events=2,notifications=2` through the real launcher: the gateway
+spreads GETs over both instances of each (each instance's /metrics shows its share), and an
+events instance killed with SIGKILL is restarted by the launcher while the suite keeps
+answering."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -67,8 +69,8 @@ class Launcher:
             return self.proc.wait()
 
 
-def _served(instance_url: str) -> int:
-    """How many ``GET /v1/events`` an events instance has answered (its own /metrics)."""
+def _served(instance_url: str, route: str = "/v1/events") -> int:
+    """How many ``GET <route>`` an instance has answered (its own /metrics)."""
     text = httpx.get(instance_url + "/metrics", timeout=5).text
     total = 0.0
     for family in text_string_to_metric_families(text):
@@ -76,7 +78,7 @@ def _served(instance_url: str) -> int:
             labels = sample.labels
             if (
                 sample.name == "http_requests_total"
-                and labels.get("route") == "/v1/events"
+                and labels.get("route") == route
                 and labels.get("method") == "GET"
             ):
                 total += sample.value
@@ -102,7 +104,7 @@ def _master_pid(launcher_pid: int, port: int) -> int:
 def test_replicas_share_the_load_and_a_killed_one_is_restarted(tmp_path):
     with isolated_vhost() as amqp_url:
         env = suite_env(tmp_path, amqp_url)
-        launcher = Launcher(env, "--replicas", "events=2")
+        launcher = Launcher(env, "--replicas", "events=2,notifications=2")
         try:
             launcher.wait_for(r"Ctrl-C stops it all|could not start", timeout=180)
             assert "EventPost is running" in launcher.output, launcher.output
@@ -122,6 +124,19 @@ def test_replicas_share_the_load_and_a_killed_one_is_restarted(tmp_path):
             share = {name: _served(url) - before[name] for name, url in urls.items()}
             assert sum(share.values()) == 20
             assert share["events-1"] >= 5 and share["events-2"] >= 5, share
+
+            # notifications=2 too: a user's GETs are spread over both of its instances.
+            notif = re.findall(r"notifications-[12]\s+(http://127.0.0.1:\d+)", launcher.output)
+            assert len(notif) == 2, launcher.output
+            user = {"username": f"r{uuid.uuid4().hex[:8]}", "password": "correct horse 1"}
+            signed = gateway.post("/v1/users", json={**user, "email": f"{user['username']}@x.test"})
+            assert signed.status_code == 201, signed.text
+            token = gateway.post("/v1/auth/token", json=user).json()["access_token"]
+            mine = {"Authorization": f"Bearer {token}"}
+            assert all(
+                gateway.get("/v1/notifications", headers=mine).status_code == 200 for _ in range(10)
+            )
+            assert all(_served(url, "/v1/notifications") >= 3 for url in notif)
 
             victim = _master_pid(launcher.proc.pid, ports["events-1"])
             os.killpg(victim, signal.SIGKILL)
