@@ -88,6 +88,17 @@ class Settings(BaseSettings):
         DEFAULT_PORTS["notifications"],
         validation_alias=_env("NOTIFICATIONS_PORT", "notifications_port"),
     )
+    # Static instances of a service (comma-separated base URLs, ``http://host:port``): what
+    # ``invoke run --replicas`` hands every part; unset: the one instance on its ``*_PORT``.
+    users_instances: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), validation_alias=_env("USERS_INSTANCES", "users_instances")
+    )
+    events_instances: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), validation_alias=_env("EVENTS_INSTANCES", "events_instances")
+    )
+    notifications_instances: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), validation_alias=_env("NOTIFICATIONS_INSTANCES", "notifications_instances")
+    )
     smtp_host: str = Field("127.0.0.1", validation_alias=_env("SMTP_HOST", "smtp_host"))
     smtp_port: int = Field(1025, validation_alias=_env("SMTP_PORT", "smtp_port"))
     smtp_user: str | None = Field(None, validation_alias=_env("SMTP_USER", "smtp_user"))
@@ -159,6 +170,32 @@ class Settings(BaseSettings):
     gateway_rate_burst: int = Field(
         40, ge=0, validation_alias=_env("GATEWAY_RATE_BURST", "gateway_rate_burst")
     )
+    # Per route class (README "Rate limits"); unset: derived from the two above.
+    gateway_login_rate_limit: float | None = Field(
+        None, validation_alias=_env("GATEWAY_LOGIN_RATE_LIMIT", "gateway_login_rate_limit")
+    )
+    gateway_login_rate_burst: int | None = Field(
+        None, validation_alias=_env("GATEWAY_LOGIN_RATE_BURST", "gateway_login_rate_burst")
+    )
+    gateway_user_rate_limit: float | None = Field(
+        None, validation_alias=_env("GATEWAY_USER_RATE_LIMIT", "gateway_user_rate_limit")
+    )
+    gateway_user_rate_burst: int | None = Field(
+        None, validation_alias=_env("GATEWAY_USER_RATE_BURST", "gateway_user_rate_burst")
+    )
+    gateway_admin_rate_limit: float | None = Field(
+        None, validation_alias=_env("GATEWAY_ADMIN_RATE_LIMIT", "gateway_admin_rate_limit")
+    )
+    gateway_admin_rate_burst: int | None = Field(
+        None, validation_alias=_env("GATEWAY_ADMIN_RATE_BURST", "gateway_admin_rate_burst")
+    )
+    # Redis that holds the gateway's rate-limit buckets, shared by every instance (unset: each
+    # gateway keeps its own in memory); keys start with the prefix.
+    redis_url: str | None = Field(None, repr=False, validation_alias=_env("REDIS_URL", "redis_url"))
+    gateway_redis_prefix: str = Field(
+        "eventpost:ratelimit:",
+        validation_alias=_env("GATEWAY_REDIS_PREFIX", "gateway_redis_prefix"),
+    )
     gateway_cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
         ("*",), validation_alias=_env("GATEWAY_CORS_ORIGINS", "gateway_cors_origins")
     )
@@ -200,6 +237,19 @@ class Settings(BaseSettings):
     @classmethod
     def _delays(cls, value: object) -> object:
         return _comma_list(value)
+
+    @field_validator(
+        "users_instances", "events_instances", "notifications_instances", mode="before"
+    )
+    @classmethod
+    def _instances(cls, value: object) -> object:
+        urls = _comma_list(value)
+        if isinstance(urls, tuple):
+            for url in urls:
+                if not url.startswith(("http://", "https://")):
+                    raise ValueError(f"{url!r} is not an http(s) base URL")
+            return tuple(url.rstrip("/") for url in urls)
+        return urls
 
     @field_validator("gateway_cors_origins", mode="before")
     @classmethod
