@@ -90,8 +90,8 @@ def check_vault(vault: Path, password_file: str) -> None:
     if not Path(password_file).is_file():
         raise Exit(f"The vault password file {password_file} does not exist. Nothing was run.", 2)
     opened = subprocess.run(
-        [str(ansible_bin("ansible-vault")), "view", "--vault-password-file", password_file],
-        stdin=vault.open("rb"),
+        [str(ansible_bin("ansible-vault")), "view", "--vault-password-file", password_file, vault],
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         env=ansible_env(),
         timeout=120,

@@ -43,8 +43,13 @@ def make_vault(directory: Path, values: dict, password: str = PASSWORD) -> tuple
     vault = directory / "pass.yml"
     vault.write_text(yaml.safe_dump(values))
     subprocess.run(
-        [str(ansible_bin("ansible-vault")), "encrypt", "--vault-password-file", password_file,
-         str(vault)],
+        [
+            str(ansible_bin("ansible-vault")),
+            "encrypt",
+            "--vault-password-file",
+            password_file,
+            str(vault),
+        ],
         check=True,
         capture_output=True,
         env={**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE_CFG)},

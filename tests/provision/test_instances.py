@@ -117,7 +117,9 @@ def test_instances_play_replaces_the_suites_instances_only(
     assert any(rule.get("UserIdGroupPairs") for rule in group["IpPermissions"])
 
     # stopAWS terminates the suite's instances and still nothing else.
-    stop = invoke(["stopAWS", "--vault-password-file", str(password)], aws_env(moto_endpoint, vault))
+    stop = invoke(
+        ["stopAWS", "--vault-password-file", str(password)], aws_env(moto_endpoint, vault)
+    )
     assert stop.returncode == 0, stop.stdout + stop.stderr
     final = states(client)
     show("after stopAWS:", final)
