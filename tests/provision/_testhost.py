@@ -59,7 +59,7 @@ def missing_prerequisites() -> str | None:
         return "needs root (network and mount namespaces)"
     for tool in ("ip", "nsenter", "unshare", "/usr/sbin/sshd", "ssh-keygen", "dockerd", "busybox"):
         if shutil.which(tool) is None:
-            return f"{tool} is not installed (.ci/run installs openssh-server docker.io busybox-static)"
+            return f"{tool} is not installed (.ci/run installs it)"
     if not Path("/etc/init.d/docker").exists():
         return "docker.io's /etc/init.d/docker is missing"
     probe = subprocess.run(["ip", "netns", "add", "ep-probe"], capture_output=True, check=False)
@@ -142,7 +142,9 @@ def start(root: Path) -> TestHost:
             break
         except OSError:
             if sshd.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"sshd did not start: {(root / 'sshd.log').read_text()}")
+                raise RuntimeError(
+                    f"sshd did not start: {(root / 'sshd.log').read_text()}"
+                ) from None
             time.sleep(0.2)
     return TestHost(root=root, key=key, sshd=sshd)
 
