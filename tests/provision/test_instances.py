@@ -131,6 +131,24 @@ def assert_untouched(client, before: dict[str, dict]) -> None:
     assert states(client) == before
 
 
+def test_check_mode_reports_and_changes_nothing(ansible, seeded, moto_endpoint, tmp_path) -> None:
+    client, _old, _other = seeded
+    before = states(client)
+    vault, password = make_vault(tmp_path, CREDENTIALS)
+    run = invoke(
+        ["runAWS", "--vault-password-file", str(password), "--tags", "instances", "--check"],
+        aws_env(moto_endpoint, vault),
+    )
+    print(run.stdout)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "TASK [terminate : Terminate the suite's instances]" in run.stdout
+    assert "changed: [localhost] => (item=gateway)" in run.stdout  # would start it
+    assert_untouched(client, before)
+    assert not client.describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": ["eventpost"]}]
+    )["SecurityGroups"]
+
+
 def test_wrong_vault_password_stops_before_any_instance(
     ansible, seeded, moto_endpoint, tmp_path
 ) -> None:
