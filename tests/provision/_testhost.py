@@ -1,7 +1,8 @@
 """The host the host plays run against: a network namespace (10.231.12.2, a veth pair to this
 machine's 10.231.12.1) with its own mount namespace, running sshd with a key the test makes.
 Its /run, /var/lib/docker, /var/lib/containerd, /etc/docker and /var/log are directories of
-the test, so the Docker engine the playbook starts there shares nothing with this machine's.
+the test, so the Docker engine the playbook starts there shares nothing with this machine's
+(the test points eventpost_image_dir into the private /run too).
 The file system is otherwise this machine's own: apt sees the packages .ci/run installed.
 
 Debian's /etc/init.d/docker raises ulimits a container may not raise; the host gets a copy
@@ -27,7 +28,13 @@ NETNS = "ep-testhost"
 HOST_IP = "10.231.12.2"
 PEER_IP = "10.231.12.1"
 VETH = ("ep-th0", "ep-th1")
-PRIVATE = ("/run", "/var/lib/docker", "/var/lib/containerd", "/etc/docker", "/var/log")
+PRIVATE = (
+    "/run",
+    "/var/lib/docker",
+    "/var/lib/containerd",
+    "/etc/docker",
+    "/var/log",
+)
 
 _START = """set -e
 mkdir -p {root}/cgroup
