@@ -18,6 +18,7 @@ from eventpost.messaging.topology import (
     declare_bound_queue,
     declare_exchange,
     default_connection_name,
+    queue_arguments,
 )
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ class Publisher:
     The connection is opened on the first :meth:`publish` (never at construction) and the
     exchange declared then. :meth:`publish` returns only once the broker confirmed the
     message. A lost connection is reopened once and the publish retried; a second failure
-    raises :class:`PublishError`.
+    raises :class:`PublishError`. ``amqp_url`` may list several nodes, comma separated: each
+    connect tries them in order, so a publisher moves to a live node by itself.
 
     Not thread-safe: pika's ``BlockingConnection`` belongs to one thread, so use one
     Publisher per thread. Use as a context manager or call :meth:`close`.
@@ -59,12 +61,16 @@ class Publisher:
         connect_timeout: float = 5.0,
         connection_name: str | None = None,
         subscriptions: Mapping[str, Sequence[str]] | None = None,
+        queue_type: str = "classic",
     ) -> None:
         self.amqp_url = amqp_url
         self.exchange = exchange
         # Queues (name -> routing keys) declared and bound on every connect, so what this
         # publisher sends has somewhere to wait even before its consumer first started.
         self.subscriptions = dict(subscriptions or {})
+        queue_arguments(queue_type)  # fail early on an unknown type
+        # The type those queues are declared with: the consumers' (Settings.amqp_queue_type).
+        self.queue_type = queue_type
         self.connect_timeout = connect_timeout
         self.connection_name = connection_name or default_connection_name("publisher")
         self._connection: pika.BlockingConnection | None = None
@@ -151,7 +157,7 @@ class Publisher:
             channel.confirm_delivery()
             declare_exchange(channel, self.exchange)
             for queue, keys in self.subscriptions.items():
-                declare_bound_queue(channel, queue, keys, self.exchange)
+                declare_bound_queue(channel, queue, keys, self.exchange, queue_type=self.queue_type)
         except BaseException:
             close_quietly(connection)
             raise
