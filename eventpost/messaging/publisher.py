@@ -45,8 +45,8 @@ class Publisher:
 
     The connection is opened on the first :meth:`publish` (never at construction) and the
     exchange declared then. :meth:`publish` returns only once the broker confirmed the
-    message. A lost connection is reopened once and the publish retried; a second failure
-    raises :class:`PublishError`. ``amqp_url`` may list several nodes, comma separated: each
+    message. A lost connection, or a nack, makes it reopen the connection once and publish
+    again; a second failure raises :class:`PublishError`. ``amqp_url`` may list several nodes, comma separated: each
     connect tries them in order, so a publisher moves to a live node by itself.
 
     Not thread-safe: pika's ``BlockingConnection`` belongs to one thread, so use one
@@ -104,7 +104,16 @@ class Publisher:
                     f"no queue is bound to {key!r} on exchange {self.exchange!r}"
                 ) from exc
             except pika.exceptions.NackError as exc:
-                raise PublishError(f"the broker nacked message {envelope.id}") from exc
+                # A channel can go on nacking after a cluster node died (RabbitMQ 3.10: one
+                # opened while the quorum queues were electing new leaders); a fresh
+                # connection gets one that works. A second nack is the broker's answer.
+                self._discard()
+                if attempt == 2:
+                    raise PublishError(f"the broker nacked message {envelope.id}") from exc
+                log.warning(
+                    "publish nacked, reconnecting once",
+                    extra={"message_id": envelope.id},
+                )
             except _CONNECTION_TROUBLE as exc:
                 self._discard()
                 if attempt == 2:
