@@ -46,8 +46,9 @@ class Publisher:
     The connection is opened on the first :meth:`publish` (never at construction) and the
     exchange declared then. :meth:`publish` returns only once the broker confirmed the
     message. A lost connection, or a nack, makes it reopen the connection once and publish
-    again; a second failure raises :class:`PublishError`. ``amqp_url`` may list several nodes, comma separated: each
-    connect tries them in order, so a publisher moves to a live node by itself.
+    again; a second failure raises :class:`PublishError`. ``amqp_url`` may list several
+    nodes, comma separated: each connect tries them in order, so a publisher moves to a live
+    node by itself.
 
     Not thread-safe: pika's ``BlockingConnection`` belongs to one thread, so use one
     Publisher per thread. Use as a context manager or call :meth:`close`.
