@@ -17,7 +17,10 @@ the queues, :mod:`eventpost.messaging.delivery` for the decisions):
 
 Retried and parked copies keep the body and properties and carry ``x-attempt``, ``x-error``
 and ``x-original-routing-key`` (a message back from a delay queue is delivered with the
-queue's name as routing key; the envelope's ``type`` is unchanged).
+queue's name as routing key; the envelope's ``type`` is unchanged); parked ones also
+``x-park-reason`` and ``x-parked-at``. ``invoke parked --replay``
+(:mod:`eventpost.messaging.parking`) moves parked messages back to ``<queue>`` at attempt 1,
+counting ``x-replayed`` (the handler sees it as :data:`replayed_var`).
 
 A message is acked only after its outcome is safe in the broker, so a crash at any point
 makes the broker redeliver it: delivery is at-least-once and handlers must be idempotent
