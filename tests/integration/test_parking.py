@@ -45,6 +45,7 @@ def outcome_types(outcomes: list[Envelope], key: str) -> list[str]:
     return [o.type for o in outcomes if o.payload["idempotency_key"] == key]
 
 
+@pytest.mark.slow  # four `invoke parked` processes
 def test_a_550_is_parked_listed_replayed_once_fixed_and_delivered_once(
     broker: Broker, tmp_path: Path
 ):
