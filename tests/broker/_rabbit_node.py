@@ -24,7 +24,8 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pika
@@ -210,15 +211,24 @@ def private_nodes(count: int = 1) -> Iterator[list[RabbitNode]]:
     try:
         for node in nodes:
             node.start(wait=False)
-        for node in nodes:
-            node.wait_until_up()
-        for node in nodes[1:]:
-            node.join(nodes[0])
+        _each(nodes, RabbitNode.wait_until_up)
+        # The others join the first one side by side (each waits for its own rabbitmqctl).
+        _each(nodes[1:], lambda node: node.join(nodes[0]))
         yield nodes
     finally:
-        for node in nodes:
-            try:
-                node.stop()
-            finally:
-                node.kill()
+        _each(nodes, _stop_for_good)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _stop_for_good(node: RabbitNode) -> None:
+    try:
+        node.stop()
+    finally:
+        node.kill()
+
+
+def _each(nodes: list[RabbitNode], work: Callable[[RabbitNode], object]) -> None:
+    """``work(node)`` for every node at the same time; the first error is raised."""
+    with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+        for future in [pool.submit(work, node) for node in nodes]:
+            future.result()

@@ -7,6 +7,7 @@ every email is in the sink exactly once."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,8 @@ def _queue_types(node) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
 def test_a_killed_cluster_node_loses_nothing_with_quorum_queues(tmp_path: Path):
     with private_nodes(3) as nodes:
+        status = json.loads(nodes[0].ctl("cluster_status", "--formatter", "json").stdout)
+        assert sorted(status["running_nodes"]) == sorted(node.node for node in nodes)
         url = ",".join(node.url for node in nodes)
         traffic = Traffic(tmp_path, url, queue_type="quorum", users=500, reminders=500)
 
