@@ -48,7 +48,8 @@ def requires_user(method: str, path: str) -> bool:
     """Whether a request needs a bearer token before it reaches a service.
 
     Everything under ``/v1/users/me`` and ``/v1/notifications``, and the documented changes to
-    events (POST on the collection, PATCH and DELETE on an event); the rest passes without one (services still decide about anything they answer)."""
+    events (POST on the collection, PATCH and DELETE on an event); the rest passes without
+    one (services still decide about anything they answer)."""
     trimmed = path.rstrip("/")
     if method == "OPTIONS":
         return False

@@ -101,7 +101,8 @@ def test_times_before_year_1000_keep_four_digits():
     assert format_time(dt) == "0346-08-31T21:41:19.403000Z"
     assert parse_time(format_time(dt)) == dt
     assert format_time(datetime(1, 1, 1, tzinfo=UTC)) == "0001-01-01T00:00:00.000000Z"
-    assert format_time(datetime(999, 1, 1, tzinfo=UTC)) < format_time(datetime(1000, 1, 1, tzinfo=UTC))
+    early, late = datetime(999, 1, 1, tzinfo=UTC), datetime(1000, 1, 1, tzinfo=UTC)
+    assert format_time(early) < format_time(late)
 
 
 @pytest.mark.parametrize(
