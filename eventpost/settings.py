@@ -139,6 +139,33 @@ class Settings(BaseSettings):
     gateway_upstream_timeout: float = Field(
         10.0, validation_alias=_env("GATEWAY_UPSTREAM_TIMEOUT", "gateway_upstream_timeout")
     )
+    # Gateway HTTP edge (gateway.edge_http): request-target and header-block sizes (bytes),
+    # header field count, and deadlines (seconds) for the header block and for the body.
+    # The URL and field limits stay below gunicorn's limit_request_line (4094) and
+    # limit_request_field_size (8190), so that what the gateway forwards is never refused by a
+    # service.
+    gateway_max_url_bytes: int = Field(
+        4000, ge=64, validation_alias=_env("GATEWAY_MAX_URL_BYTES", "gateway_max_url_bytes")
+    )
+    gateway_max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        validation_alias=_env("GATEWAY_MAX_HEADER_BYTES", "gateway_max_header_bytes"),
+    )
+    gateway_max_header_field_bytes: int = Field(
+        8000,
+        ge=256,
+        validation_alias=_env("GATEWAY_MAX_HEADER_FIELD_BYTES", "gateway_max_header_field_bytes"),
+    )
+    gateway_max_headers: int = Field(
+        100, ge=8, validation_alias=_env("GATEWAY_MAX_HEADERS", "gateway_max_headers")
+    )
+    gateway_header_timeout: float = Field(
+        10.0, gt=0, validation_alias=_env("GATEWAY_HEADER_TIMEOUT", "gateway_header_timeout")
+    )
+    gateway_body_timeout: float = Field(
+        30.0, gt=0, validation_alias=_env("GATEWAY_BODY_TIMEOUT", "gateway_body_timeout")
+    )
 
     @field_validator("retry_delays", mode="before")
     @classmethod
