@@ -140,6 +140,32 @@ def reminder_times(body: dict[str, Any]) -> None:
         body["email"] = None
 
 
+def follow_the_event(notification_id: Any, body: dict[str, Any]) -> None:
+    """A ``before`` that still leaves the reminder in the future: the fuzzer may have moved
+    the reminder's event (it finds events in search results), so look at its start now; when
+    the event starts within the hour, an absolute ``send_at`` instead."""
+    if not isinstance(body.get("before"), str) or not isinstance(notification_id, str):
+        return
+    with _client(_env("FUZZ_USER_TOKEN")) as client:
+        reminder = client.get(f"/v1/notifications/{notification_id}")
+        if reminder.status_code != 200:
+            return
+        event = client.get(f"/v1/events/{reminder.json()['event_id']}")
+    if event.status_code != 200:
+        return
+    from services.notifications.domain import parse_duration
+
+    start = parse_rfc3339(event.json()["starts_at"])
+    soon = datetime.now(UTC) + timedelta(minutes=5)
+    if start - parse_duration(body["before"], "before") > soon:
+        return
+    if start - timedelta(hours=1) > soon:
+        body["before"] = "PT1H"
+    else:
+        del body["before"]
+        body["send_at"] = FUTURE_SEND_AT
+
+
 def room_for_a_secondary_address() -> None:
     """Remove the user's oldest secondary addresses while there are 5 (the most allowed)."""
     with _client(_env("FUZZ_USER_TOKEN")) as client:
@@ -167,5 +193,6 @@ def before_call(context: Any, case: Any, **kwargs: Any) -> None:
         reminder_times(body)
     elif name == "changeNotification" and body is not None:
         reminder_times(body)
+        follow_the_event(case.path_parameters.get("id"), body)
     elif name == "addSecondaryEmail":
         room_for_a_secondary_address()
