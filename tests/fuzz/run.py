@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-examples", type=int, default=50, help="cases per operation")
     parser.add_argument("--seed", type=int, default=14, help="hypothesis seed")
     parser.add_argument("--phases", default=PHASES, help=f"default {PHASES}")
-    parser.add_argument("--report-dir", default="", help="keep junit/ndjson reports there")
+    parser.add_argument("--report-dir", default="", help="write junit.xml and report.json there")
     parser.add_argument("extra", nargs="*", help="more `schemathesis run` options (after --)")
     return parser.parse_args(argv)
 
@@ -85,7 +85,15 @@ def schemathesis_argv(url: str, args: argparse.Namespace) -> list[str]:
         "1",
     ]
     if args.report_dir:
-        argv += ["--report", "junit,ndjson", "--report-dir", args.report_dir]
+        report = Path(args.report_dir)
+        argv += [
+            "--report",
+            "junit,json",
+            "--report-junit-path",
+            str(report / "junit.xml"),
+            "--report-json-path",
+            str(report / "report.json"),
+        ]
     return argv + list(args.extra)
 
 
