@@ -1,10 +1,10 @@
 """Contract fuzzing: schemathesis over docs/openapi.yaml through the real gateway.
 
 ``python -m tests.fuzz.run --max-examples 50 --seed 14`` starts the whole suite (free ports, its
-own data directory and RabbitMQ virtual host, as the e2e tests do), makes an admin token, a user
-token and an event for reminders to point at, and runs ``schemathesis run`` with every check and
-every phase (examples, coverage, fuzzing, stateful). Tokens and ids reach tests/fuzz/hooks.py
-through the environment. The exit code is schemathesis's (0: no failure)."""
+own data directory and RabbitMQ virtual host, as the e2e tests do), makes an admin token and a
+user token, and runs ``schemathesis run`` with every check and every phase (examples, coverage,
+fuzzing, stateful). Tokens, the gateway's URL and the mailbox reach tests/fuzz/hooks.py through
+the environment. The exit code is schemathesis's (0: no failure)."""
 
 from __future__ import annotations
 
@@ -38,28 +38,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def fixtures(suite: RunningSuite) -> dict[str, str]:
     """The environment tests/fuzz/hooks.py reads: the gateway's URL, the two tokens, the user's
-    credentials and an event far in the future (so reminders for it can be in the future)."""
+    address and the suite's mailbox."""
     suite.create_admin(*ADMIN)
     admin_token = suite.login(ADMIN[0], ADMIN[2])
     user = suite.sign_up("fuzz_user", password=USER_PASSWORD)
     user_token = suite.login(user["username"], USER_PASSWORD)
-    event = suite.client.post(
-        "/v1/events",
-        headers={"Authorization": f"Bearer {admin_token}"},
-        json={
-            "title": "Fuzz target",
-            "topics": ["fuzz"],
-            "starts_at": "2099-06-01T20:00:00Z",
-            "place": {"name": "Nowhere", "lat": 10.0, "lng": 20.0},
-        },
-    )
-    assert event.status_code == 201, event.text
     return {
         "FUZZ_BASE_URL": suite.url,
         "FUZZ_ADMIN_TOKEN": admin_token,
         "FUZZ_USER_TOKEN": user_token,
         "FUZZ_USER_EMAIL": user["email"],
-        "FUZZ_EVENT_ID": event.json()["id"],
+        "FUZZ_MAIL_DIR": str(suite.data_dir / "mail"),
     }
 
 
