@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import urllib.parse
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -177,7 +178,9 @@ def room_for_a_secondary_address() -> None:
         resp.raise_for_status()
         secondary = resp.json()["secondary_emails"]
         for entry in secondary[: max(0, len(secondary) - MAX_SECONDARY + 1)]:
-            client.delete(f"/v1/users/me/emails/{entry['email']}")
+            # Generated addresses hold `%`, `/`, `?` and `#`: one path segment, encoded.
+            address = urllib.parse.quote(entry["email"], safe="@")
+            client.delete(f"/v1/users/me/emails/{address}").raise_for_status()
 
 
 def _mailed_token(mailbox: Any, address: str, seen: int, timeout: float = 15.0) -> str | None:
