@@ -56,9 +56,12 @@ MESSAGE_MAX = 2000
 REMINDER_TEMPLATE = "reminder"
 CANCELLED_TEMPLATE = "event_cancelled"
 
+# ASCII digits only: ``\d`` would also take other scripts' digits ("PT\u0662H"), which the
+# OpenAPI's pattern (and any client) does not count as a duration.
 _DURATION = re.compile(
-    r"^P(?:(?P<weeks>\d{1,9})W)?(?:(?P<days>\d{1,9})D)?"
-    r"(?:T(?:(?P<hours>\d{1,9})H)?(?:(?P<minutes>\d{1,9})M)?(?:(?P<seconds>\d{1,9}(?:[.,]\d{1,6})?)S)?)?$"
+    r"^P(?:(?P<weeks>[0-9]{1,9})W)?(?:(?P<days>[0-9]{1,9})D)?"
+    r"(?:T(?:(?P<hours>[0-9]{1,9})H)?(?:(?P<minutes>[0-9]{1,9})M)?"
+    r"(?:(?P<seconds>[0-9]{1,9}(?:[.,][0-9]{1,6})?)S)?)?$"
 )
 
 
