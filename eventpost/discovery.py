@@ -1,7 +1,8 @@
 """Where the services are: one module every caller resolves addresses through.
 
-Without ``CONSUL_HTTP_ADDR`` the addresses are static (127.0.0.1 and each service's port from
-the settings). With it, :class:`ConsulDiscovery`: the passing instances of each service from
+Without ``CONSUL_HTTP_ADDR`` the addresses are static: ``<SERVICE>_INSTANCES`` (base URLs,
+what ``invoke run --replicas`` hands every part), else 127.0.0.1 and each service's port from
+the settings. With it, :class:`ConsulDiscovery`: the passing instances of each service from
 ``GET /v1/health/service/<name>?passing``, kept current by a blocking query in a thread per
 service and answered from that cache (a request never waits on Consul, but the first one of
 a service waits up to ``first_wait`` seconds for the first answer). An instance that leaves
@@ -37,11 +38,15 @@ class Discovery(abc.ABC):
         """Base URLs (``http://host:port``) of the service's healthy instances."""
 
     def url(self, service: str) -> str:
-        """One base URL of the service (the first instance)."""
+        """One base URL of the service: its instances in turn (round-robin), so callers that
+        take one URL per call spread over every instance."""
         found = self.instances(service)
         if not found:
             raise LookupError(f"no instance of {service!r} is known")
-        return found[0]
+        # Made on first use: subclasses need not call an __init__ of this class.
+        turns = self.__dict__.setdefault("_turns", {})
+        turn = turns.setdefault(service, itertools.count())
+        return found[next(turn) % len(found)]
 
     def watch(self, services: Iterable[str]) -> None:  # noqa: B027 - optional hook
         """Start following ``services`` now rather than at their first lookup."""
@@ -51,13 +56,17 @@ class Discovery(abc.ABC):
 
 
 class StaticDiscovery(Discovery):
-    """Every service on 127.0.0.1 at the port the settings give it."""
+    """The instances ``<SERVICE>_INSTANCES`` lists, else one on ``host`` at the service's
+    port from the settings."""
 
     def __init__(self, settings: Settings, host: str = "127.0.0.1") -> None:
         self.settings = settings
         self.host = host
 
     def instances(self, service: str) -> list[str]:
+        listed = getattr(self.settings, f"{service}_instances", None)
+        if listed:
+            return list(listed)
         port = self.settings.service_ports.get(service)
         if port is None:
             raise LookupError(f"unknown service {service!r}")

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     service: str = "eventpost"
     data_dir: Path = Field(Path("var"), validation_alias=_env("DATA_DIR", "data_dir"))
     # Connection URLs may carry a password: kept out of repr() so settings can be logged.
+    # AMQP_URL may list several nodes of a cluster, comma separated: every client tries them
+    # in order whenever it (re)connects.
     mongodb_url: str | None = Field(
         None, repr=False, validation_alias=_env("MONGODB_URL", "mongodb_url")
     )
@@ -74,6 +76,11 @@ class Settings(BaseSettings):
         "amqp://guest:guest@127.0.0.1:5672/%2F",
         repr=False,
         validation_alias=_env("AMQP_URL", "amqp_url"),
+    )
+    # "classic" (durable classic queues: the default, for a single node) or "quorum" (every
+    # consumer queue, its delay queues and its parking queue replicated over a cluster).
+    amqp_queue_type: Literal["classic", "quorum"] = Field(
+        "classic", validation_alias=_env("AMQP_QUEUE_TYPE", "amqp_queue_type")
     )
     gateway_port: int = Field(
         DEFAULT_PORTS["gateway"], validation_alias=_env("GATEWAY_PORT", "gateway_port")
@@ -87,6 +94,17 @@ class Settings(BaseSettings):
     notifications_port: int = Field(
         DEFAULT_PORTS["notifications"],
         validation_alias=_env("NOTIFICATIONS_PORT", "notifications_port"),
+    )
+    # Static instances of a service (comma-separated base URLs, ``http://host:port``): what
+    # ``invoke run --replicas`` hands every part; unset: the one instance on its ``*_PORT``.
+    users_instances: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), validation_alias=_env("USERS_INSTANCES", "users_instances")
+    )
+    events_instances: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), validation_alias=_env("EVENTS_INSTANCES", "events_instances")
+    )
+    notifications_instances: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), validation_alias=_env("NOTIFICATIONS_INSTANCES", "notifications_instances")
     )
     smtp_host: str = Field("127.0.0.1", validation_alias=_env("SMTP_HOST", "smtp_host"))
     smtp_port: int = Field(1025, validation_alias=_env("SMTP_PORT", "smtp_port"))
@@ -159,6 +177,32 @@ class Settings(BaseSettings):
     gateway_rate_burst: int = Field(
         40, ge=0, validation_alias=_env("GATEWAY_RATE_BURST", "gateway_rate_burst")
     )
+    # Per route class (README "Rate limits"); unset: derived from the two above.
+    gateway_login_rate_limit: float | None = Field(
+        None, validation_alias=_env("GATEWAY_LOGIN_RATE_LIMIT", "gateway_login_rate_limit")
+    )
+    gateway_login_rate_burst: int | None = Field(
+        None, validation_alias=_env("GATEWAY_LOGIN_RATE_BURST", "gateway_login_rate_burst")
+    )
+    gateway_user_rate_limit: float | None = Field(
+        None, validation_alias=_env("GATEWAY_USER_RATE_LIMIT", "gateway_user_rate_limit")
+    )
+    gateway_user_rate_burst: int | None = Field(
+        None, validation_alias=_env("GATEWAY_USER_RATE_BURST", "gateway_user_rate_burst")
+    )
+    gateway_admin_rate_limit: float | None = Field(
+        None, validation_alias=_env("GATEWAY_ADMIN_RATE_LIMIT", "gateway_admin_rate_limit")
+    )
+    gateway_admin_rate_burst: int | None = Field(
+        None, validation_alias=_env("GATEWAY_ADMIN_RATE_BURST", "gateway_admin_rate_burst")
+    )
+    # Redis that holds the gateway's rate-limit buckets, shared by every instance (unset: each
+    # gateway keeps its own in memory); keys start with the prefix.
+    redis_url: str | None = Field(None, repr=False, validation_alias=_env("REDIS_URL", "redis_url"))
+    gateway_redis_prefix: str = Field(
+        "eventpost:ratelimit:",
+        validation_alias=_env("GATEWAY_REDIS_PREFIX", "gateway_redis_prefix"),
+    )
     gateway_cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
         ("*",), validation_alias=_env("GATEWAY_CORS_ORIGINS", "gateway_cors_origins")
     )
@@ -168,16 +212,61 @@ class Settings(BaseSettings):
     gateway_upstream_timeout: float = Field(
         10.0, validation_alias=_env("GATEWAY_UPSTREAM_TIMEOUT", "gateway_upstream_timeout")
     )
+    # Gateway HTTP edge (gateway.edge_http): request-target and header-block sizes (bytes),
+    # header field count, and deadlines (seconds) for the header block and for the body.
+    # The URL and field limits stay below gunicorn's limit_request_line (4094) and
+    # limit_request_field_size (8190), so that what the gateway forwards is never refused by a
+    # service.
+    gateway_max_url_bytes: int = Field(
+        4000, ge=64, validation_alias=_env("GATEWAY_MAX_URL_BYTES", "gateway_max_url_bytes")
+    )
+    gateway_max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        validation_alias=_env("GATEWAY_MAX_HEADER_BYTES", "gateway_max_header_bytes"),
+    )
+    gateway_max_header_field_bytes: int = Field(
+        8000,
+        ge=256,
+        validation_alias=_env("GATEWAY_MAX_HEADER_FIELD_BYTES", "gateway_max_header_field_bytes"),
+    )
+    gateway_max_headers: int = Field(
+        100, ge=8, validation_alias=_env("GATEWAY_MAX_HEADERS", "gateway_max_headers")
+    )
+    gateway_header_timeout: float = Field(
+        10.0, gt=0, validation_alias=_env("GATEWAY_HEADER_TIMEOUT", "gateway_header_timeout")
+    )
+    gateway_body_timeout: float = Field(
+        30.0, gt=0, validation_alias=_env("GATEWAY_BODY_TIMEOUT", "gateway_body_timeout")
+    )
 
     @field_validator("retry_delays", mode="before")
     @classmethod
     def _delays(cls, value: object) -> object:
         return _comma_list(value)
 
+    @field_validator(
+        "users_instances", "events_instances", "notifications_instances", mode="before"
+    )
+    @classmethod
+    def _instances(cls, value: object) -> object:
+        urls = _comma_list(value)
+        if isinstance(urls, tuple):
+            for url in urls:
+                if not url.startswith(("http://", "https://")):
+                    raise ValueError(f"{url!r} is not an http(s) base URL")
+            return tuple(url.rstrip("/") for url in urls)
+        return urls
+
     @field_validator("gateway_cors_origins", mode="before")
     @classmethod
     def _origins(cls, value: object) -> object:
         return _comma_list(value) or ("*",)
+
+    @field_validator("amqp_queue_type", mode="before")
+    @classmethod
+    def _queue_type(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod

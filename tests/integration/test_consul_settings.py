@@ -199,16 +199,6 @@ def test_the_dispatcher_process_takes_dispatch_interval_from_kv_while_running(co
     assert consul.service_ids("dispatcher") == []
 
 
-def test_the_gateway_setter_only_touches_rate_and_burst():
-    from gateway.app import limit_setter
-
-    limiters = [RateLimiter(1, 2, ManualClock()), RateLimiter(1, 2, ManualClock())]
-    set_limits = limit_setter(limiters)
-    set_limits(rate=5.0)
-    set_limits(burst=0)
-    assert [(lim.rate, lim.burst) for lim in limiters] == [(5.0, 1), (5.0, 1)]
-
-
 def test_threads_end(consul):
     # LiveSettings.stop ends the watch after its current query (no thread left behind).
     live = LiveSettings(consul_settings(consul), {}, env={}, retry=0.1).start()
