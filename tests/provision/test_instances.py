@@ -210,6 +210,6 @@ def test_unreachable_endpoint_is_named_and_nothing_changes(
     )
     print(run.stdout, run.stderr)
     assert run.returncode != 0
-    assert "Could not connect to the endpoint URL" in run.stdout
-    assert f"(endpoint {dead})" in run.stdout
+    assert f"The AWS endpoint {dead} cannot be reached" in run.stdout
+    assert "No instance was created or terminated" in run.stdout
     assert_untouched(client, before)
