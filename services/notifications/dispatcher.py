@@ -41,13 +41,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
 from eventpost import contracts
+from eventpost.consul import attach_to_worker
 from eventpost.ids import worker_name
+from eventpost.live_settings import LiveSettings
 from eventpost.logs import configure_logging
 from eventpost.loops import Backoff, run_rounds
 from eventpost.messaging import EXCHANGE, OutboxRelay, Publisher
@@ -259,15 +262,14 @@ def main(
     # MongoDB's client is thread-safe. Publishers (pika) stay in their own thread.
     store = open_store(settings, "notifications")
 
-    def dispatch_loop(stop: threading.Event) -> None:
-        dispatcher_type(
-            store,
-            owner=owner,
-            lease_seconds=args.lease,
-            batch=args.batch,
-            interval=settings.dispatch_interval,
-            on_handed_over=jobs_handed_over.set,
-        ).run(stop)
+    dispatcher = dispatcher_type(
+        store,
+        owner=owner,
+        lease_seconds=args.lease,
+        batch=args.batch,
+        interval=settings.dispatch_interval,
+        on_handed_over=jobs_handed_over.set,
+    )
 
     def relay_loop(stop: threading.Event) -> None:
         publisher = Publisher(
@@ -291,8 +293,16 @@ def main(
             publisher.close()
 
     worker = Worker("dispatcher")
-    worker.add_loop("dispatcher", dispatch_loop)
+    worker.add_loop("dispatcher", dispatcher.run)
     worker.add_loop("relay", relay_loop)
+    attach_to_worker(worker, settings, "dispatcher")
+    if settings.consul_http_addr:  # DISPATCH_INTERVAL follows Consul KV while running
+        live = LiveSettings(
+            settings,
+            {"dispatch_interval": lambda seconds: setattr(dispatcher, "interval", seconds)},
+            env=os.environ,
+        )
+        worker.add_loop("consul-settings", live.run)
     try:
         return worker.run()
     finally:
