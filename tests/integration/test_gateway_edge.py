@@ -368,6 +368,20 @@ def test_a_body_longer_than_its_content_length_leaves_garbage_that_gets_400(quic
     assert last.headers["connection"] == "close"
 
 
+def test_an_upgrade_nobody_serves_is_answered_as_plain_http(quick):
+    # No WebSocket library is installed: the request is answered, and the connection is then
+    # closed when idle, with no stray 408 from a deadline.
+    head = request_head(
+        "/health",
+        "Connection: Upgrade",
+        "Upgrade: websocket",
+        "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    )
+    (answer,) = responses(exchange(quick, head))
+    assert answer.status == 200
+
+
 def test_a_method_the_parser_knows_but_nobody_serves_is_a_problem(quick):
     raw = exchange(quick, request_head("/health", "Connection: close", method="PROPFIND"))
     (answer,) = responses(raw)
