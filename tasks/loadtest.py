@@ -23,8 +23,13 @@ def perf_requirements() -> list[str]:
 def ensure_perf_tools(c) -> None:
     """Install the ``perf`` extras into .venv unless they are there already."""
     wanted = perf_requirements()
-    check = [str(VENV_PY), "-m", "pip", "show", "-q", *(r.split("==")[0] for r in wanted)]
-    if subprocess.run(check, capture_output=True).returncode == 0:
+    pins = [tuple(r.split("==")) for r in wanted]
+    # Exits non-zero when one is missing (PackageNotFoundError) or at another version.
+    code = (
+        "import importlib.metadata as m; "
+        f"raise SystemExit(any(m.version(n) != v for n, v in {pins!r}))"
+    )
+    if subprocess.run([str(VENV_PY), "-c", code], capture_output=True).returncode == 0:
         return
     print("Installing the load-test tools into .venv: " + ", ".join(wanted), flush=True)
     c.run(shlex.join([str(VENV_PY), "-m", "pip", "install", "-q", *wanted]), pty=False)
