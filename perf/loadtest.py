@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     def say(line: str) -> None:
         print(line, flush=True)
 
+    load_before = os.getloadavg()[0]
     with suite_at(url, run_dir, say) as target:
         admin = ensure_admin(target)
         ensure_events(target, admin, say)
@@ -301,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         "suite_started_here": target.started_here,
         "notes": target.notes,
         "locustfiles": SCENARIOS[args.scenario],
+        # How busy the (shared) machine was: 1-minute load average before and after.
+        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
     }
     summary = analyse(samples, hello_samples, meta)
     report = write_report(run_dir, summary)

@@ -257,6 +257,9 @@ def render_html(summary: dict[str, Any]) -> str:
         else ""
     )
     notes = "; ".join(html.escape(n) for n in summary.get("notes", []))
+    if summary.get("load_average"):
+        before, after = summary["load_average"]
+        notes += f" &middot; machine load average {before} before, {after} after"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>EventPost load test: {html.escape(summary["scenario"])}, {summary["users"]} users</title>
