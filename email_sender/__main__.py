@@ -15,6 +15,7 @@ import argparse
 import logging
 
 from email_sender.sender import BINDINGS, QUEUE, EmailSender, make_consumer
+from eventpost.consul import attach_to_worker
 from eventpost.logs import configure_logging
 from eventpost.messaging import EXCHANGE, Worker
 from eventpost.settings import Settings
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     worker = Worker("email-sender")
     worker.add_consumer(consumer)
+    attach_to_worker(worker, settings, "email-sender")
     try:
         return worker.run(stop_timeout=max(60.0, settings.smtp_timeout * 3))
     finally:

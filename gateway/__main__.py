@@ -15,6 +15,7 @@ import uvicorn
 from eventpost.logs import configure_logging
 from eventpost.settings import Settings
 from gateway.app import UVICORN_OPTIONS, create_app
+from gateway.edge_http import EdgeLimits, edge_protocol
 
 log = logging.getLogger("gateway")
 
@@ -23,9 +24,10 @@ def main(argv: list[str] | None = None) -> None:
     """Run the gateway in the foreground until SIGTERM / SIGINT."""
     parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
     parser.add_argument("--graceful-timeout", type=float, default=10.0)
-    # "auto" takes httptools / uvloop when they are installed (uvicorn[standard]), else the
-    # pure-Python h11 / asyncio; perf/bench_gateway.py measures the difference.
-    parser.add_argument("--http", choices=("auto", "h11", "httptools"), default="auto")
+    # "edge" (the default) is httptools with the gateway's size limits and read deadlines
+    # (gateway.edge_http); the plain uvicorn choices stay for perf/bench_gateway.py: "auto"
+    # takes httptools / uvloop when they are installed, else the pure-Python h11 / asyncio.
+    parser.add_argument("--http", choices=("edge", "auto", "h11", "httptools"), default="edge")
     parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
     args = parser.parse_args(argv)
 
@@ -35,7 +37,9 @@ def main(argv: list[str] | None = None) -> None:
         create_app(settings),
         host=settings.gateway_host,
         port=settings.gateway_port,
-        http=args.http,
+        http=edge_protocol(EdgeLimits.from_settings(settings))
+        if args.http == "edge"
+        else args.http,
         loop=args.loop,
         timeout_graceful_shutdown=args.graceful_timeout,
         **UVICORN_OPTIONS,

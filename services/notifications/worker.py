@@ -21,6 +21,7 @@ import socket
 import threading
 from collections.abc import Sequence
 
+from eventpost.consul import attach_to_worker
 from eventpost.contracts import SUBSCRIPTIONS
 from eventpost.logs import configure_logging
 from eventpost.messaging import EXCHANGE, Consumer, Envelope, OutboxRelay, Publisher, Worker
@@ -103,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             queue_prefix=args.queue_prefix,
             relay_lease=args.relay_lease,
         )
+        attach_to_worker(worker, settings, "notifications-worker")
         return worker.run()
     finally:
         store.close()
