@@ -256,6 +256,11 @@ def render_html(summary: dict[str, Any]) -> str:
         if errors
         else ""
     )
+    if any("429" in kinds for kinds in summary["errors"].values()):
+        error_table += (
+            "<p><b>429s: the gateway's rate limit answered, not the service.</b> One load client "
+            "sends everything from one address: run the suite with GATEWAY_RATE_LIMIT=0.</p>"
+        )
     notes = "; ".join(html.escape(n) for n in summary.get("notes", []))
     if summary.get("load_average"):
         before, after = summary["load_average"]

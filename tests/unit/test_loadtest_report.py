@@ -75,6 +75,14 @@ def test_a_run_with_errors_fails_and_lists_them(tmp_path):
     assert "FAIL" in page and "ConnectionError" in page
 
 
+def test_rate_limited_runs_say_how_to_turn_the_limit_off(tmp_path):
+    run = write_samples(tmp_path / "run.tsv", [(1.0, "GET /v1/events", 5.0, "429")])
+    hello = write_samples(tmp_path / "hello.tsv", [(1.0, "GET /", 1.0, "ok")])
+    meta = {"scenario": "e", "users": 1, "duration_s": 1, "url": "u", "started_at": "t"}
+    page = write_report(tmp_path, analyse(run, hello, meta)).read_text()
+    assert "GATEWAY_RATE_LIMIT=0" in page
+
+
 def test_chart_leaves_gaps_for_missing_points():
     svg = svg_chart("latency", {"p99": [1.0, None, 3.0, 4.0, None, 5.0]}, "ms")
     assert svg.count("<polyline") == 1 and svg.count("<circle") == 2
