@@ -8,12 +8,16 @@ message of the queue (``email-sender.jobs`` by default, bound to ``user.created`
    cannot raises :class:`~eventpost.messaging.PermanentError`, so it is parked at once.
 2. A job whose idempotency key the delivery log (:mod:`email_sender.delivery_log`) knows as
    sent is not sent again; its ``email.sent`` is published again (it may have been lost).
-   The same for a job the server refused for good (``email.failed`` again).
+   The same for a job the server refused for good (``email.failed`` again), unless an
+   operator replayed it from the parking queue (:data:`~eventpost.messaging.replayed_var`):
+   then it is tried again.
 3. The email is built (:func:`email_sender.compose.build_email`) and handed to SMTP
    (:class:`email_sender.mailer.SmtpMailer`).
    - Accepted: logged as sent, ``email.sent`` published (jobs with a ``correlation``), acked.
-   - 5xx: logged as failed, ``email.failed`` with the reply code and text published, acked:
-     never retried.
+   - 5xx: logged as failed, ``email.failed`` with the reply code and text published, never
+     retried: :class:`RefusedForGood` parks the message (reason ``permanent``, the reply in
+     ``x-error``). Once the cause is fixed (the mailbox exists, the
+     address is corrected upstream), ``invoke parked --replay`` moves it back and it is sent.
    - 4xx, timeout, connection trouble: :class:`~email_sender.mailer.TemporaryMailError`
      propagates, so the consumer retries through its delay queues; after the last attempt
      :meth:`EmailSender.on_exhausted` publishes ``email.failed`` and the message is parked.
@@ -50,6 +54,7 @@ from eventpost.messaging import (
     Publisher,
     Unroutable,
     attempt_var,
+    replayed_var,
 )
 from eventpost.settings import Settings
 from eventpost.storage import Store, open_store
@@ -65,6 +70,11 @@ STORE_NAME = "email_sender"
 #: How long the delivery log remembers a job, and how often it is pruned.
 KEEP_DELIVERIES = timedelta(days=7)
 PRUNE_EVERY = timedelta(hours=1)
+
+
+class RefusedForGood(PermanentError):
+    """The SMTP server refused the email with a 5xx: recorded and reported as
+    ``email.failed`` already; raised so the consumer parks the message."""
 
 
 @dataclass(eq=False, kw_only=True)
@@ -106,6 +116,7 @@ class EmailSender:
                 settings.amqp_url,
                 exchange=exchange,
                 subscriptions=contracts.SUBSCRIPTIONS if exchange == EXCHANGE else None,
+                queue_type=settings.amqp_queue_type,
             ),
             mail_from=settings.mail_from,
             max_attempts=max_attempts or len(settings.retry_delays) + 1,
@@ -116,6 +127,7 @@ class EmailSender:
     def handle(self, envelope: Envelope) -> None:
         """Deliver the email ``envelope`` asks for (the consumer's handler)."""
         attempt = attempt_var.get() or 1
+        replayed = replayed_var.get()
         try:
             job = job_from_message(envelope.type, envelope.payload)
         except InvalidJob as exc:
@@ -129,7 +141,7 @@ class EmailSender:
                 envelope, job, known.message_id or "", known.sent_at or "", known.attempts
             )
             return
-        if known is not None and known.status == FAILED and known.permanent:
+        if known is not None and known.status == FAILED and known.permanent and not replayed:
             log.info("duplicate job, refused for good before; reporting again", extra=info)
             self._report_failed(
                 envelope,
@@ -163,7 +175,8 @@ class EmailSender:
             self._report_failed(
                 envelope, job.to, job.idempotency_key, job.correlation, exc, attempt
             )
-            return
+            # Parked, so it can be replayed once the cause is fixed.
+            raise RefusedForGood(str(exc)) from exc
         sent_at = self.clock()
         deliveries.sent(job.idempotency_key, message_id, attempt, sent_at)
         log.info(
@@ -177,6 +190,8 @@ class EmailSender:
         """The consumer gave the message up (out of retries, or it can never be sent):
         record it and publish ``email.failed`` when the job has a ``correlation`` (or
         ``email.sent`` again when the email did go out and only its report kept failing)."""
+        if isinstance(error, RefusedForGood):
+            return  # recorded and reported by handle() already
         payload = envelope.payload if isinstance(envelope.payload, Mapping) else {}
         attempt = attempt_var.get() or self.max_attempts
         try:
@@ -305,4 +320,5 @@ def make_consumer(
         prefetch=prefetch,
         on_exhausted=sender.on_exhausted,
         exchange=exchange,
+        queue_type=settings.amqp_queue_type,
     )

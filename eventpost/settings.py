@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     service: str = "eventpost"
     data_dir: Path = Field(Path("var"), validation_alias=_env("DATA_DIR", "data_dir"))
     # Connection URLs may carry a password: kept out of repr() so settings can be logged.
+    # AMQP_URL may list several nodes of a cluster, comma separated: every client tries them
+    # in order whenever it (re)connects.
     mongodb_url: str | None = Field(
         None, repr=False, validation_alias=_env("MONGODB_URL", "mongodb_url")
     )
@@ -74,6 +76,11 @@ class Settings(BaseSettings):
         "amqp://guest:guest@127.0.0.1:5672/%2F",
         repr=False,
         validation_alias=_env("AMQP_URL", "amqp_url"),
+    )
+    # "classic" (durable classic queues: the default, for a single node) or "quorum" (every
+    # consumer queue, its delay queues and its parking queue replicated over a cluster).
+    amqp_queue_type: Literal["classic", "quorum"] = Field(
+        "classic", validation_alias=_env("AMQP_QUEUE_TYPE", "amqp_queue_type")
     )
     gateway_port: int = Field(
         DEFAULT_PORTS["gateway"], validation_alias=_env("GATEWAY_PORT", "gateway_port")
@@ -255,6 +262,11 @@ class Settings(BaseSettings):
     @classmethod
     def _origins(cls, value: object) -> object:
         return _comma_list(value) or ("*",)
+
+    @field_validator("amqp_queue_type", mode="before")
+    @classmethod
+    def _queue_type(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -11,9 +11,10 @@ from datetime import UTC, datetime
 
 Clock = Callable[[], datetime]
 
-_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+# ASCII digits only (``\d`` would also take other scripts' digits).
 _RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})$"
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})$"
 )
 
 
@@ -26,7 +27,8 @@ def format_time(dt: datetime) -> str:
     """The canonical UTC string of an aware datetime."""
     if dt.tzinfo is None:
         raise ValueError("naive datetimes are not accepted; give an offset")
-    return dt.astimezone(UTC).strftime(_FORMAT)
+    # isoformat pads the year to 4 digits; strftime's %Y does not on glibc ("346-08-31...").
+    return dt.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def parse_time(value: str) -> datetime:
@@ -35,7 +37,11 @@ def parse_time(value: str) -> datetime:
     dt = datetime.fromisoformat(value)
     if dt.tzinfo is None:
         raise ValueError("a time needs an offset, e.g. 2026-12-01T20:00:00+01:00")
-    return dt.astimezone(UTC)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:
+        # 0001-01-01T00:00:00+01:00 is before year 1 in UTC: no datetime holds it.
+        raise ValueError(f"{value!r} is out of the range of years 1-9999 in UTC") from None
 
 
 def parse_rfc3339(value: str) -> datetime:

@@ -15,7 +15,7 @@ ROUTES: tuple[tuple[str, str, bool], ...] = (
     ("/v1/notifications", "notifications", True),
 )
 
-UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+EVENT_CHANGES = frozenset({"PATCH", "DELETE"})
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,9 @@ def resolve(path: str) -> Route | None:
 def requires_user(method: str, path: str) -> bool:
     """Whether a request needs a bearer token before it reaches a service.
 
-    Everything under ``/v1/users/me`` and ``/v1/notifications``, and every change to events;
-    the rest passes without one (services still decide about anything they answer)."""
+    Everything under ``/v1/users/me`` and ``/v1/notifications``, and the documented changes to
+    events (POST on the collection, PATCH and DELETE on an event); the rest passes without
+    one (services still decide about anything they answer)."""
     trimmed = path.rstrip("/")
     if method == "OPTIONS":
         return False
@@ -56,6 +57,11 @@ def requires_user(method: str, path: str) -> bool:
         return True
     if trimmed == "/v1/notifications" or trimmed.startswith("/v1/notifications/"):
         return True
-    if trimmed == "/v1/events" or trimmed.startswith("/v1/events/"):
-        return method in UNSAFE_METHODS
+    if trimmed == "/v1/events":
+        return method == "POST"
+    if trimmed.startswith("/v1/events/"):
+        # Only an event itself is changed. Any other method or path on these public paths
+        # goes on to the events service, which answers 405 (with Allow) or 404 to anyone.
+        item = trimmed.removeprefix("/v1/events/")
+        return method in EVENT_CHANGES and "/" not in item and not item.endswith(".ics")
     return False

@@ -55,7 +55,8 @@ def ensure_installed(c, force: bool = False) -> None:
 
 
 def _amqp_address() -> tuple[str, int]:
-    url = urlparse(os.environ.get("AMQP_URL") or DEFAULT_AMQP_URL)
+    # AMQP_URL may list several nodes, comma separated: the first one is checked.
+    url = urlparse((os.environ.get("AMQP_URL") or DEFAULT_AMQP_URL).split(",")[0].strip())
     return url.hostname or "127.0.0.1", url.port or 5672
 
 

@@ -228,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             exchange=args.exchange,
             connection_name=f"eventpost-{args.service}-relay@{socket.gethostname()}:{os.getpid()}",
             subscriptions=SUBSCRIPTIONS if args.exchange == EXCHANGE else None,
+            queue_type=settings.amqp_queue_type,
         )
         try:
             OutboxRelay(store, publisher).run(stop)

@@ -85,11 +85,13 @@ def normalize_topics(values: Sequence[str]) -> list[str]:
 
 def _text(max_length: int):
     def check(value: str) -> str:
+        # The limit holds for the text as sent (as the OpenAPI's maxLength says), spaces
+        # around it included; what is stored is trimmed.
+        if len(value) > max_length:
+            raise ValueError(f"must be at most {max_length} characters")
         value = value.strip()
         if not value:
             raise ValueError("must not be empty")
-        if len(value) > max_length:
-            raise ValueError(f"must be at most {max_length} characters")
         return value
 
     return AfterValidator(check)

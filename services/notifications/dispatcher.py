@@ -277,6 +277,7 @@ def main(
             exchange=args.exchange,
             connection_name=f"eventpost-{owner}",
             subscriptions=contracts.SUBSCRIPTIONS if args.exchange == EXCHANGE else None,
+            queue_type=settings.amqp_queue_type,
         )
         relay = OutboxRelay(
             store,

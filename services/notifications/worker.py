@@ -60,6 +60,7 @@ def build_worker(
             exchange=exchange,
             connection_name=f"eventpost-{name}:relay",
             subscriptions=SUBSCRIPTIONS if exchange == EXCHANGE else None,
+            queue_type=settings.amqp_queue_type,
         )
         try:
             # an email job waits for the email-sender's queue: never dropped as unroutable
@@ -81,6 +82,7 @@ def build_worker(
                 prefetch=20,
                 on_exhausted=_on_exhausted,
                 exchange=exchange,
+                queue_type=settings.amqp_queue_type,
             )
         )
     return worker

@@ -80,6 +80,11 @@ def test_resolve_unknown_paths(path):
         ("PATCH", "/v1/events/e1", True),
         ("DELETE", "/v1/events/e1", True),
         ("OPTIONS", "/v1/notifications", False),
+        # Methods a public events path does not support reach the service, which answers 405.
+        ("PUT", "/v1/events/e1", False),
+        ("POST", "/v1/events/e1", False),
+        ("PATCH", "/v1/events/e1.ics", False),
+        ("DELETE", "/v1/events", False),
     ],
 )
 def test_requires_user(method, path, needed):

@@ -79,6 +79,9 @@ def test_iso_durations_parse(text, expected):
         ("PT1H30", "ISO 8601"),
         ("", "ISO 8601"),
         ("P5000D", "too long"),
+        # Digits of other scripts (found comparing the code with the OpenAPI pattern).
+        ("PT\u0662H", "ISO 8601"),
+        ("P\uff11D", "ISO 8601"),
     ],
 )
 def test_bad_durations_are_refused(text, message):

@@ -12,7 +12,7 @@ import pytest
 
 from eventpost.logs import JsonFormatter, request_id_var
 from eventpost.settings import Settings
-from eventpost.timeutil import format_time, parse_time
+from eventpost.timeutil import format_time, parse_rfc3339, parse_time
 
 
 def test_settings_defaults_follow_api_md():
@@ -92,6 +92,34 @@ def test_times_are_fixed_width_utc_and_sort_as_times():
         parse_time("2026-12-01T20:00:00")
     with pytest.raises(ValueError):
         format_time(datetime(2026, 1, 1))
+
+
+def test_times_before_year_1000_keep_four_digits():
+    # Found by schemathesis: "0346-09-01T03:06:19.403+05:25" came back as "346-08-31T...Z",
+    # which is not the fixed-width form, no longer sorted as a time and could not be read back.
+    dt = parse_rfc3339("0346-09-01T03:06:19.403+05:25")
+    assert format_time(dt) == "0346-08-31T21:41:19.403000Z"
+    assert parse_time(format_time(dt)) == dt
+    assert format_time(datetime(1, 1, 1, tzinfo=UTC)) == "0001-01-01T00:00:00.000000Z"
+    early, late = datetime(999, 1, 1, tzinfo=UTC), datetime(1000, 1, 1, tzinfo=UTC)
+    assert format_time(early) < format_time(late)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        # Outside years 1-9999 once in UTC: an OverflowError (a 500) before the fix.
+        "0001-01-01T00:00:00+01:00",
+        "9999-12-31T23:59:59-01:00",
+        # Digits of other scripts matched \d.
+        "\uff12\uff10\uff12\uff16-12-01T20:00:00Z",
+        "\u0662\u0660\u0662\u0666-12-01T20:00:00Z",
+        "0000-01-01T00:00:00Z",
+    ],
+)
+def test_input_times_outside_the_range_are_value_errors(value):
+    with pytest.raises(ValueError):
+        parse_rfc3339(value)
 
 
 def test_logged_paths_carry_no_email_addresses():
