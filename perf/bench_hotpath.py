@@ -25,6 +25,9 @@ and the service compete for them, so compare the ratios of one run, not absolute
 
     .venv/bin/python perf/bench_hotpath.py [--duration 10] [--connections 200] [--events 50]
     .venv/bin/python perf/bench_hotpath.py --profile   # py-spy the gateway and events too
+    # before/after in one run: the services of another checkout measured alongside
+    git archive <commit> | tar -x -C /tmp/before && \\
+        .venv/bin/python perf/bench_hotpath.py --baseline /tmp/before
 """
 
 from __future__ import annotations
@@ -246,11 +249,11 @@ class Suite:
     def pid(self, name: str) -> int:
         return self.procs[name].pid
 
-    def spawn(self, name: str, cmd: list[str], **extra_env: str) -> subprocess.Popen:
+    def spawn(self, name: str, cmd: list[str], cwd: Path, **extra_env: str) -> subprocess.Popen:
         log = (self.workdir / f"{name}.log").open("wb")
         self.logs.append(log)
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, env={**self.env, **extra_env}, stdout=log, stderr=subprocess.STDOUT
+            cmd, cwd=cwd, env={**self.env, **extra_env}, stdout=log, stderr=subprocess.STDOUT
         )
         self.procs[name] = proc
         return proc
@@ -263,48 +266,63 @@ class Suite:
 
 
 def start(args: argparse.Namespace, workdir: Path, mint: TokenMint) -> tuple[Suite, dict]:
-    """Start hello, events (and its relay), the users stand-in and the gateway."""
+    """Start hello, the users stand-in, and events (with its relay) and the gateway of this
+    checkout, and of ``--baseline`` too when given (bases ``events@before``...)."""
     others = ThreadingHTTPServer(("127.0.0.1", 0), _OtherServices)
     others.jwks = json.dumps(mint.jwks()).encode()  # type: ignore[attr-defined]
     threading.Thread(target=others.serve_forever, daemon=True).start()
-    ports = {name: free_port() for name in ("hello", "events", "gateway")}
     other_port = str(others.server_address[1])
     env = {
         **os.environ,
-        "DATA_DIR": str(workdir),
         "USERS_PORT": other_port,
         "NOTIFICATIONS_PORT": other_port,
-        "EVENTS_PORT": str(ports["events"]),
-        "GATEWAY_PORT": str(ports["gateway"]),
         "GATEWAY_RATE_LIMIT": "0",
         "LOG_LEVEL": "INFO",
     }
     env.pop("CONSUL_HTTP_ADDR", None)
     suite = Suite(workdir, env)
     py = sys.executable
+    hello_port = free_port()
     hello = suite.spawn(
         "hello",
         [
             *(py, "-m", "uvicorn", "--factory", "bench_hotpath:hello_app", "--app-dir", "perf"),
-            *("--port", str(ports["hello"]), "--http", "httptools", "--loop", "uvloop"),
+            *("--port", str(hello_port), "--http", "httptools", "--loop", "uvloop"),
             *("--no-access-log", "--log-level", "warning", "--workers", "1"),
         ],
+        cwd=ROOT,
     )
-    events = suite.spawn("events", _gunicorn("events", ports["events"]))
-    bases = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    bases = {"hello": f"http://127.0.0.1:{hello_port}"}
     wait_http(bases["hello"] + "/", hello)
-    wait_http(bases["events"] + "/ready", events)
-    if args.relay:
-        suite.spawn(
-            "events-relay",
-            [
-                *(py, "-m", "eventpost.messaging.relay", "--service", "events"),
-                *("--exchange", f"bench-hotpath-{uuid.uuid4().hex[:8]}"),
-            ],
-        )
-    gateway = suite.spawn("gateway", [py, "-m", "gateway"])
-    wait_http(bases["gateway"] + "/ready", gateway)
+    checkouts = {"": ROOT}
+    if args.baseline:
+        checkouts["@before"] = Path(args.baseline).resolve()
+    for tag, root in checkouts.items():
+        bases.update(start_checkout(args, suite, tag, root))
     return suite, bases
+
+
+def start_checkout(args: argparse.Namespace, suite: Suite, tag: str, root: Path) -> dict:
+    """Events (and its relay) and the gateway of the checkout ``root``, on its own store."""
+    ports = {"events": free_port(), "gateway": free_port()}
+    data = suite.workdir / (tag.strip("@") or "after")
+    data.mkdir()
+    env = {
+        "DATA_DIR": str(data),
+        "EVENTS_PORT": str(ports["events"]),
+        "GATEWAY_PORT": str(ports["gateway"]),
+        "PYTHONPATH": str(root),
+    }
+    py = sys.executable
+    events = suite.spawn(f"events{tag}", _gunicorn("events", ports["events"]), cwd=root, **env)
+    wait_http(f"http://127.0.0.1:{ports['events']}/ready", events)
+    if args.relay:
+        relay = [py, "-m", "eventpost.messaging.relay", "--service", "events"]
+        relay += ["--exchange", f"bench-hotpath-{uuid.uuid4().hex[:8]}"]
+        suite.spawn(f"events-relay{tag}", relay, cwd=root, **env)
+    gateway = suite.spawn(f"gateway{tag}", [py, "-m", "gateway"], cwd=root, **env)
+    wait_http(f"http://127.0.0.1:{ports['gateway']}/ready", gateway)
+    return {f"{name}{tag}": f"http://127.0.0.1:{port}" for name, port in ports.items()}
 
 
 def profile(suite: Suite, tag: str, names: list[str], seconds: int, load) -> dict[str, dict]:
@@ -348,24 +366,30 @@ def top_frames(collapsed: Path, limit: int = 25) -> dict[str, float]:
 def measure(
     args: argparse.Namespace, bases: dict, workdir: Path, mint: TokenMint, pids: dict[str, int]
 ) -> dict:
+    """Every wrk run, in one go (this checkout's and the baseline's interleaved)."""
     admin = mint.token("bench-admin", role="admin", ttl=3600)
-    ids = seed_events(bases["events"], admin, args.events)
-    gets = get_script(workdir / "get.lua", ids)
+    tags = [tag for tag in ("", "@before") if f"events{tag}" in bases]
+    gets = {}
+    for tag in tags:
+        ids = seed_events(bases[f"events{tag}"], admin, args.events)
+        gets[tag] = get_script(workdir / f"get{tag}.lua", ids)
     posts = post_script(workdir / "post.lua", admin)
-    # Warm-up: connections, the JWKS, the read cache.
-    for base in (bases["events"], bases["gateway"]):
-        wrk(base + "/", 10, 2, args.threads, gets)
+    for tag in tags:  # warm-up: connections, the JWKS, the read cache
+        for part in ("events", "gateway"):
+            wrk(bases[f"{part}{tag}"] + "/", 10, 2, args.threads, gets[tag])
+    c = args.connections
+    plan = [(f"hello GET / c={c}", bases["hello"] + "/", c, None)]
+    for connections in (c, 10):
+        if connections != c:
+            plan.append((f"hello GET / c={connections}", bases["hello"] + "/", connections, None))
+        for part in ("events", "gateway"):
+            for tag in tags:
+                name = f"{part}{tag} GET by id c={connections}"
+                plan.append((name, bases[f"{part}{tag}"], connections, gets[tag]))
+    for part in ("events", "gateway"):
+        for tag in tags:
+            plan.append((f"{part}{tag} POST c=10", bases[f"{part}{tag}"] + "/v1/events", 10, posts))
     runs: dict[str, dict] = {}
-    plan = [
-        (f"hello GET / c={args.connections}", bases["hello"] + "/", args.connections, None),
-        (f"events GET by id c={args.connections}", bases["events"], args.connections, gets),
-        (f"gateway GET by id c={args.connections}", bases["gateway"], args.connections, gets),
-        ("hello GET / c=10", bases["hello"] + "/", 10, None),
-        ("events GET by id c=10", bases["events"], 10, gets),
-        ("gateway GET by id c=10", bases["gateway"], 10, gets),
-        ("events POST c=10", bases["events"] + "/v1/events", 10, posts),
-        ("gateway POST c=10", bases["gateway"] + "/v1/events", 10, posts),
-    ]
     for name, url, connections, script in plan:
         before = {part: cpu_seconds(pid) for part, pid in pids.items()}
         runs[name] = wrk(url, connections, args.duration, args.threads, script)
@@ -374,47 +398,43 @@ def measure(
         runs[name]["cpu_us_per_request"] = {
             part: round((cpu_seconds(pid) - before[part]) / done * 1e6)
             for part, pid in pids.items()
+            if cpu_seconds(pid) - before[part] > 0.05
         }
-        cpu = " ".join(f"{k}={v}" for k, v in runs[name]["cpu_us_per_request"].items() if v)
-        print(f"  {name:<34} {runs[name]['rps']:>9.1f} req/s  CPU us/request: {cpu}", flush=True)
+        cpu = " ".join(f"{k}={v}" for k, v in runs[name]["cpu_us_per_request"].items())
+        print(f"  {name:<40} {runs[name]['rps']:>9.1f} req/s  CPU us/request: {cpu}", flush=True)
     return runs
 
 
 def report(runs: dict, args: argparse.Namespace) -> dict:
     c = args.connections
-    hello = runs[f"hello GET / c={c}"]["rps"]
-    ratios = {
-        f"gateway GET by id / hello, c={c}": round(
-            runs[f"gateway GET by id c={c}"]["rps"] / hello, 3
-        ),
-        f"events GET by id / hello, c={c}": round(
-            runs[f"events GET by id c={c}"]["rps"] / hello, 3
-        ),
-        "gateway GET by id / hello, c=10": round(
-            runs["gateway GET by id c=10"]["rps"] / runs["hello GET / c=10"]["rps"], 3
-        ),
-    }
-    post = runs["gateway POST c=10"]
-    goals = {
-        f"gateway GET by id >= 0.20 of hello at c={c}, 0 errors, 0 timeouts": (
-            ratios[f"gateway GET by id / hello, c={c}"] >= 0.20
-            and runs[f"gateway GET by id c={c}"]["errors"] == 0
-            and runs[f"gateway GET by id c={c}"]["timeouts"] == 0
-        ),
-        "gateway POST p99 <= 50 ms at c=10, 0 errors": (
+    ratios, goals = {}, {}
+    for tag in ("", "@before"):
+        if f"gateway{tag} GET by id c={c}" not in runs:
+            continue
+        for part in ("gateway", "events"):
+            for level in (c, 10):
+                mine = runs[f"{part}{tag} GET by id c={level}"]["rps"]
+                hello = runs[f"hello GET / c={level}"]["rps"]
+                ratios[f"{part}{tag} GET by id / hello, c={level}"] = round(mine / hello, 3)
+        get, post = runs[f"gateway{tag} GET by id c={c}"], runs[f"gateway{tag} POST c=10"]
+        goals[f"gateway{tag} GET by id >= 0.20 of hello at c={c}, 0 errors, 0 timeouts"] = (
+            ratios[f"gateway{tag} GET by id / hello, c={c}"] >= 0.20
+            and get["errors"] == 0
+            and get["timeouts"] == 0
+        )
+        goals[f"gateway{tag} POST p99 <= 50 ms at c=10, 0 errors"] = (
             post.get("p99_ms", 1e9) <= 50 and post["errors"] == 0 and post["timeouts"] == 0
-        ),
-    }
+        )
     heads = f"{'req/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'err':>6}{'t/o':>6}"
-    print(f"\n{'scenario':<34}{heads}")
+    print(f"\n{'scenario':<40}{heads}")
     for name, st in runs.items():
         print(
-            f"{name:<34}{st['rps']:>10.1f}{st.get('p50_ms', 0):>9.2f}{st.get('p90_ms', 0):>9.2f}"
+            f"{name:<40}{st['rps']:>10.1f}{st.get('p50_ms', 0):>9.2f}{st.get('p90_ms', 0):>9.2f}"
             f"{st.get('p99_ms', 0):>9.2f}{st['errors']:>6}{st['timeouts']:>6}"
         )
     print()
     for name, value in ratios.items():
-        print(f"{name:<44}{value:>8.3f}")
+        print(f"{name:<50}{value:>8.3f}")
     for name, ok in goals.items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
     return {"ratios": ratios, "goals": goals}
@@ -427,6 +447,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--events", type=int, default=50, help="events to seed and GET")
     parser.add_argument("--no-relay", dest="relay", action="store_false")
+    parser.add_argument(
+        "--baseline",
+        metavar="CHECKOUT",
+        help="also run events and the gateway of another checkout (e.g. a worktree of the "
+        "commit before), measured in the same run (names @before)",
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy the suite under load")
     parser.add_argument("--json", default=str(RESULTS / "bench_hotpath.json"))
     args = parser.parse_args()
@@ -447,7 +473,7 @@ def main() -> int:
                 f"{what} through the gateway": profile(
                     suite,
                     what,
-                    ["events", "gateway"],
+                    ["events", "gateway"],  # this checkout's
                     args.duration,
                     lambda c=connections, s=script: wrk(
                         bases["gateway"] + "/v1/events", c, args.duration, args.threads, s
