@@ -456,6 +456,9 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy the suite under load")
     parser.add_argument("--json", default=str(RESULTS / "bench_hotpath.json"))
     args = parser.parse_args()
+    if shutil.which("wrk") is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing wrk (apt-get install -y -q wrk)", flush=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False)
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
