@@ -29,12 +29,13 @@ import jwt
 import uvicorn
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client import CollectorRegistry
 
 from eventpost.auth import AUDIENCE, ISSUER
 from eventpost.discovery import Discovery
 from eventpost.settings import Settings
 from gateway.app import UVICORN_OPTIONS, create_app
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import EdgePolicy, RateLimiter
 from gateway.upstreams import UpstreamPolicy
 
 
@@ -370,6 +371,8 @@ def running_gateway(
     jwks_min_refetch: float = 5.0,
     discovery: Discovery | None = None,
     address_limiter: RateLimiter | None = None,
+    rate_policy: EdgePolicy | None = None,
+    registry: CollectorRegistry | None = None,
     **changes: Any,
 ) -> Iterator[tuple[str, falcon.asgi.App]]:
     """A gateway under uvicorn in front of ``services`` (``ports`` overrides some upstream
@@ -384,6 +387,8 @@ def running_gateway(
         policies=policies,
         jwks_min_refetch=jwks_min_refetch,
         address_limiter=address_limiter,
+        rate_policy=rate_policy,
+        registry=registry,
     )
     with UvicornThread(app) as server:
         yield server.url, app

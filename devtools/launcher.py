@@ -5,10 +5,17 @@ Every part is a child process in its own process group, its output kept in
 ``DATA_DIR/log/<part>.log``. The launcher waits until each HTTP part answers ``/ready``, prints
 the addresses, watches the children, and on Ctrl-C or SIGTERM stops all of them (SIGTERM, then
 SIGKILL after a grace period), so nothing is left running.
+
+``--replicas events=2,notifications=2`` starts that many instances of an HTTP service (the
+first on its ``*_PORT``, the others on free ports) and hands every part their addresses as
+``<SERVICE>_INSTANCES``, which static discovery reads. A part that dies is started again with
+backoff (:mod:`devtools.supervisor`), said on the output and in ``DATA_DIR/log/launcher.log``;
+only one that keeps dying stops the suite.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.util
 import logging
@@ -25,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devtools.supervisor import GiveUp, RestartPolicy, Supervisor
 from eventpost.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,6 +48,8 @@ class Part:
     argv: list[str]
     module: str  # checked importable before anything starts, for a plain error
     port: int | None = None  # HTTP parts answer /ready on it
+    env: dict[str, str] = field(default_factory=dict)  # this part's own variables
+    service: str | None = None  # the HTTP service it is an instance of
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -62,26 +72,67 @@ def _gunicorn(service: str, port: int) -> list[str]:
         "10",
         "--log-level",
         "warning",
+        "--config",
+        "python:eventpost.gunicorn_hooks",  # Consul registration per worker, when configured
         f"services.{service}.wsgi:app",
     ]
 
 
-def suite_parts(settings: Settings, with_smtp_sink: bool) -> list[Part]:
-    """The processes of the whole suite, in start order."""
+HTTP_SERVICES = ("gateway", "users", "events", "notifications")
+
+
+def parse_replicas(spec: str | None) -> dict[str, int]:
+    """``"events=2,notifications=2"`` as ``{"events": 2, "notifications": 2}``; raises
+    ValueError with a plain message for anything else."""
+    replicas: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in (spec or "").split(","))):
+        name, sep, count = item.partition("=")
+        name = name.strip()
+        if not sep or name not in HTTP_SERVICES:
+            raise ValueError(
+                f"--replicas: {item!r} is not SERVICE=COUNT with SERVICE one of "
+                + ", ".join(HTTP_SERVICES)
+            )
+        try:
+            replicas[name] = int(count)
+        except ValueError:
+            raise ValueError(f"--replicas: {name}'s count {count!r} is not a number") from None
+        if not 1 <= replicas[name] <= 16:
+            raise ValueError(f"--replicas: {name}'s count must be between 1 and 16")
+    return replicas
+
+
+def _instances(service: str, count: int, port: int) -> list[tuple[str, int]]:
+    """(part name, port) of each instance: the first on ``port``, the others on free ports."""
+    if count <= 1:
+        return [(service, port)]
+    ports = [port] + [free_port() for _ in range(count - 1)]
+    return [(f"{service}-{i}", p) for i, p in enumerate(ports, start=1)]
+
+
+def suite_parts(
+    settings: Settings, with_smtp_sink: bool, replicas: Mapping[str, int] | None = None
+) -> list[Part]:
+    """The processes of the whole suite, in start order (``replicas``: instances per HTTP
+    service, 1 unless given)."""
     py = sys.executable
     ports = settings.service_ports
+    replicas = replicas or {}
     parts = []
     if with_smtp_sink:
         parts.append(Part("smtp-sink", [py, "-m", "devtools.smtp_sink"], "devtools.smtp_sink"))
     for service in ("users", "events", "notifications"):
-        parts.append(
-            Part(
-                service,
-                _gunicorn(service, ports[service]),
-                f"services.{service}.wsgi",
-                ports[service],
+        for name, port in _instances(service, replicas.get(service, 1), ports[service]):
+            parts.append(
+                Part(
+                    name,
+                    _gunicorn(service, port),
+                    f"services.{service}.wsgi",
+                    port,
+                    env={f"{service.upper()}_PORT": str(port)},
+                    service=service,
+                )
             )
-        )
     parts += [
         Part(
             "users-relay",
@@ -104,9 +155,30 @@ def suite_parts(settings: Settings, with_smtp_sink: bool) -> list[Part]:
             "services.notifications.dispatcher",
         ),
         Part("email-sender", [py, "-m", "email_sender"], "email_sender.__main__"),
-        Part("gateway", [py, "-m", "gateway"], "gateway.__main__", settings.gateway_port),
     ]
+    for name, port in _instances("gateway", replicas.get("gateway", 1), settings.gateway_port):
+        parts.append(
+            Part(
+                name,
+                [py, "-m", "gateway"],
+                "gateway.__main__",
+                port,
+                env={"GATEWAY_PORT": str(port)},
+                service="gateway",
+            )
+        )
     return parts
+
+
+def instances_env(parts: Sequence[Part]) -> dict[str, str]:
+    """``<SERVICE>_INSTANCES`` of every service started more than once (what static
+    discovery reads in every part)."""
+    env = {}
+    for service in ("users", "events", "notifications"):
+        urls = [p.url for p in parts if p.url and p.service == service]
+        if len(urls) > 1:
+            env[f"{service.upper()}_INSTANCES"] = ",".join(str(u) for u in urls)
+    return env
 
 
 def module_exists(name: str) -> bool:
@@ -155,15 +227,42 @@ class Suite:
         *,
         with_smtp_sink: bool | None = None,
         say: Callable[[str], None] = lambda line: log.info(line),
+        replicas: Mapping[str, int] | None = None,
+        restart_policy: RestartPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.env = dict(env)
         self.settings = Settings.from_env("launcher", self.env)
         if with_smtp_sink is None:  # API.md: a local sink unless SMTP_HOST is set
             with_smtp_sink = not self.env.get("SMTP_HOST")
-        self.parts = suite_parts(self.settings, with_smtp_sink)
+        self.parts = suite_parts(self.settings, with_smtp_sink, replicas)
+        self.env.update(instances_env(self.parts))
         self.log_dir = self.settings.data_dir / "log"
-        self.say = say
+        self._say = say
         self._stopping = threading.Event()
+        self.supervisor = Supervisor(
+            self._spawn,  # type: ignore[arg-type]
+            self.say,
+            clock=clock,
+            policy=restart_policy,
+            cleanup=lambda part: _signal_group(part, signal.SIGKILL),  # type: ignore[arg-type]
+        )
+
+    def say(self, line: str) -> None:
+        """Report ``line`` on the output and in ``DATA_DIR/log/launcher.log``."""
+        self._say(line)
+        with contextlib.suppress(OSError):
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+            with (self.log_dir / "launcher.log").open("a", encoding="utf-8") as out:
+                out.write(f"{stamp}Z {line}\n")
+
+    def part(self, name: str) -> Part:
+        """The part called ``name``."""
+        for part in self.parts:
+            if part.name == name:
+                return part
+        raise KeyError(name)
 
     # -- start -----------------------------------------------------------------------------
 
@@ -196,7 +295,7 @@ class Suite:
             raise
 
     def _spawn(self, part: Part) -> None:
-        env = dict(self.env)
+        env = {**self.env, **part.env}
         env.setdefault("PYTHONUNBUFFERED", "1")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         with (self.log_dir / f"{part.name}.log").open("ab") as logfile:
@@ -248,17 +347,14 @@ class Suite:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     def watch(self, poll: float = 0.5) -> int:
-        """Block until a part dies or :meth:`request_stop` is called; returns an exit code."""
+        """Block until :meth:`request_stop` is called (0), restarting parts that die, or until
+        one keeps dying (1, said with its last lines)."""
         while not self._stopping.wait(poll):
-            for part in self.parts:
-                assert part.process is not None
-                code = part.process.poll()
-                if code is not None:
-                    self.say(
-                        f"{part.name} stopped unexpectedly (exit code {code}); stopping the "
-                        f"suite. Its last lines:\n{self.tail(part.name)}"
-                    )
-                    return 1
+            try:
+                self.supervisor.tick(self.parts)
+            except GiveUp as exc:
+                self.say(f"{exc}. Its last lines:\n{self.tail(exc.name)}")
+                return 1
         return 0
 
     def request_stop(self, *_: object) -> None:
@@ -301,9 +397,13 @@ def _signal_group(part: Part, sig: signal.Signals) -> None:
         os.killpg(part.process.pid, sig)
 
 
-def run_foreground(env: Mapping[str, str], say: Callable[[str], None]) -> int:
+def run_foreground(
+    env: Mapping[str, str],
+    say: Callable[[str], None],
+    replicas: Mapping[str, int] | None = None,
+) -> int:
     """``invoke run``: start the suite, print where it is, stop it all on Ctrl-C/SIGTERM."""
-    suite = Suite(env, say=say)
+    suite = Suite(env, say=say, replicas=replicas)
     previous = {
         sig: signal.signal(sig, suite.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
     }
@@ -330,8 +430,24 @@ def run_foreground(env: Mapping[str, str], say: Callable[[str], None]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m devtools.launcher``: the same as ``invoke run`` once installed."""
-    return run_foreground(os.environ, say=lambda line: sys.stdout.write(line + "\n"))
+    """``python -m devtools.launcher [--replicas events=2]``: ``invoke run`` once installed."""
+    parser = argparse.ArgumentParser(prog="python -m devtools.launcher", description=__doc__)
+    parser.add_argument(
+        "--replicas",
+        default="",
+        help="instances per HTTP service, e.g. events=2,notifications=2",
+    )
+    args = parser.parse_args(argv)
+    try:
+        replicas = parse_replicas(args.replicas)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+    def say(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    return run_foreground(os.environ, say=say, replicas=replicas)
 
 
 if __name__ == "__main__":

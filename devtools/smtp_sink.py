@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
@@ -55,10 +55,29 @@ def store_message(directory: Path, content: bytes, *, now: datetime | None = Non
 
 
 class FileSinkHandler:
-    """aiosmtpd handler that stores every message in ``directory`` and answers 250."""
+    """aiosmtpd handler that stores every message in ``directory`` and answers 250, except
+    for recipients it was told to refuse (``refuse``, :meth:`refuse`): those get ``550``
+    at RCPT, as a server answers for a mailbox that does not exist."""
 
-    def __init__(self, directory: Path | str) -> None:
+    def __init__(self, directory: Path | str, *, refuse: Iterable[str] = ()) -> None:
         self.directory = Path(directory)
+        self._refused = {address.lower() for address in refuse}
+
+    def refuse(self, address: str) -> None:
+        """Answer 550 to ``address`` from now on."""
+        self._refused.add(address.lower())
+
+    def accept(self, address: str) -> None:
+        """Accept ``address`` again (the mailbox was fixed)."""
+        self._refused.discard(address.lower())
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        if address.lower() in self._refused:
+            return f"550 5.1.1 <{address}>: Recipient address rejected: no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
@@ -238,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=settings.smtp_port)
     parser.add_argument("--dir", type=Path, default=settings.data_dir / "mail")
+    parser.add_argument(
+        "--refuse", action="append", default=[], help="answer 550 to this address (repeatable)"
+    )
     args = parser.parse_args(argv)
     configure_logging("smtp-sink", settings.log_level)
     # aiosmtpd logs every SMTP command at INFO.
@@ -246,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    sink = SmtpSink(args.dir, host=args.host, port=args.port)
+    handler = FileSinkHandler(args.dir, refuse=args.refuse)
+    sink = SmtpSink(args.dir, host=args.host, port=args.port, handler=handler)
     try:
         sink.start()
     except OSError as exc:

@@ -66,4 +66,4 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
 # SIGTERM itself: it stops accepting, lets requests in flight finish (--graceful-timeout 10;
 # compose gives a 15 s grace period) and exits 0. Its heartbeat file lives in memory
 # (/dev/shm), as an overlay file system can stall it. `sh -c` only expands the port, then execs.
-CMD ["sh", "-c", "exec gunicorn --workers 1 --threads 8 --bind 0.0.0.0:${PORT:-$EVENTS_PORT} --graceful-timeout 10 --worker-tmp-dir /dev/shm --log-level warning services.events.wsgi:app"]
+CMD ["sh", "-c", "exec gunicorn --workers 1 --threads 8 --bind 0.0.0.0:${PORT:-$EVENTS_PORT} --graceful-timeout 10 --worker-tmp-dir /dev/shm --log-level warning --config python:eventpost.gunicorn_hooks services.events.wsgi:app"]

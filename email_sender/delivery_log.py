@@ -10,7 +10,8 @@ lose the last records, never a process crash, which at worst sends those emails 
 The worker marks a job ``sending`` just before it talks to SMTP and ``sent`` once the server
 accepted the message; a job whose key is already ``sent`` is not sent again (its outcome is
 reported again instead, so a lost ``email.sent`` is recovered). Likewise a job that failed
-``permanent``-ly (the server answered 5xx) is not tried again, only reported again.
+``permanent``-ly (the server answered 5xx) is not tried again, only reported again, unless
+an operator replays it from the parking queue after fixing the cause.
 
 What remains, on purpose (delivery is at-least-once, never at-most-once):
 

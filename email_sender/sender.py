@@ -8,12 +8,16 @@ message of the queue (``email-sender.jobs`` by default, bound to ``user.created`
    cannot raises :class:`~eventpost.messaging.PermanentError`, so it is parked at once.
 2. A job whose idempotency key the delivery log (:mod:`email_sender.delivery_log`) knows as
    sent is not sent again; its ``email.sent`` is published again (it may have been lost).
-   The same for a job the server refused for good (``email.failed`` again).
+   The same for a job the server refused for good (``email.failed`` again), unless an
+   operator replayed it from the parking queue (:data:`~eventpost.messaging.replayed_var`):
+   then it is tried again.
 3. The email is built (:func:`email_sender.compose.build_email`) and handed to SMTP
    (:class:`email_sender.mailer.SmtpMailer`).
    - Accepted: logged as sent, ``email.sent`` published (jobs with a ``correlation``), acked.
-   - 5xx: logged as failed, ``email.failed`` with the reply code and text published, acked:
-     never retried.
+   - 5xx: logged as failed, ``email.failed`` with the reply code and text published, never
+     retried: :class:`RefusedForGood` parks the message (reason ``permanent``, the reply in
+     ``x-error``). Once the cause is fixed (the mailbox exists, the
+     address is corrected upstream), ``invoke parked --replay`` moves it back and it is sent.
    - 4xx, timeout, connection trouble: :class:`~email_sender.mailer.TemporaryMailError`
      propagates, so the consumer retries through its delay queues; after the last attempt
      :meth:`EmailSender.on_exhausted` publishes ``email.failed`` and the message is parked.
@@ -31,6 +35,7 @@ in the consumer's handler thread, the one thread that calls :meth:`~EmailSender.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -50,6 +55,7 @@ from eventpost.messaging import (
     Publisher,
     Unroutable,
     attempt_var,
+    replayed_var,
 )
 from eventpost.settings import Settings
 from eventpost.storage import Store, open_store
@@ -65,6 +71,11 @@ STORE_NAME = "email_sender"
 #: How long the delivery log remembers a job, and how often it is pruned.
 KEEP_DELIVERIES = timedelta(days=7)
 PRUNE_EVERY = timedelta(hours=1)
+
+
+class RefusedForGood(PermanentError):
+    """The SMTP server refused the email with a 5xx: recorded and reported as
+    ``email.failed`` already; raised so the consumer parks the message."""
 
 
 @dataclass(eq=False, kw_only=True)
@@ -91,21 +102,25 @@ class EmailSender:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, exchange: str = EXCHANGE, max_attempts: int | None = None
+        cls,
+        settings: Settings,
+        *,
+        exchange: str = EXCHANGE,
+        max_attempts: int | None = None,
+        store_factory: Callable[[], Store] | None = None,
     ) -> EmailSender:
-        """An EmailSender for the SMTP server, store and broker of ``settings``."""
+        """An EmailSender for the SMTP server, store and broker of ``settings``
+        (``store_factory``: the delivery log's store, e.g. one shared by several senders)."""
         return cls(
             mailer=SmtpMailer.from_settings(settings),
-            # The delivery log is kept with synchronous=NORMAL on SQLite: a power cut may lose
-            # the last records (never a process crash), which at worst sends those emails once
-            # more; in exchange a delivery costs no fsync.
-            store_factory=lambda: open_store(settings, STORE_NAME, sqlite_synchronous="NORMAL"),
+            store_factory=store_factory or delivery_store_factory(settings),
             # Outcomes must reach notifications even before its worker first declared its
             # queues, or the reminder would stay `sending`: declare every subscription.
             publisher_factory=lambda: Publisher(
                 settings.amqp_url,
                 exchange=exchange,
                 subscriptions=contracts.SUBSCRIPTIONS if exchange == EXCHANGE else None,
+                queue_type=settings.amqp_queue_type,
             ),
             mail_from=settings.mail_from,
             max_attempts=max_attempts or len(settings.retry_delays) + 1,
@@ -116,6 +131,7 @@ class EmailSender:
     def handle(self, envelope: Envelope) -> None:
         """Deliver the email ``envelope`` asks for (the consumer's handler)."""
         attempt = attempt_var.get() or 1
+        replayed = replayed_var.get()
         try:
             job = job_from_message(envelope.type, envelope.payload)
         except InvalidJob as exc:
@@ -129,7 +145,7 @@ class EmailSender:
                 envelope, job, known.message_id or "", known.sent_at or "", known.attempts
             )
             return
-        if known is not None and known.status == FAILED and known.permanent:
+        if known is not None and known.status == FAILED and known.permanent and not replayed:
             log.info("duplicate job, refused for good before; reporting again", extra=info)
             self._report_failed(
                 envelope,
@@ -163,7 +179,8 @@ class EmailSender:
             self._report_failed(
                 envelope, job.to, job.idempotency_key, job.correlation, exc, attempt
             )
-            return
+            # Parked, so it can be replayed once the cause is fixed.
+            raise RefusedForGood(str(exc)) from exc
         sent_at = self.clock()
         deliveries.sent(job.idempotency_key, message_id, attempt, sent_at)
         log.info(
@@ -177,6 +194,8 @@ class EmailSender:
         """The consumer gave the message up (out of retries, or it can never be sent):
         record it and publish ``email.failed`` when the job has a ``correlation`` (or
         ``email.sent`` again when the email did go out and only its report kept failing)."""
+        if isinstance(error, RefusedForGood):
+            return  # recorded and reported by handle() already
         payload = envelope.payload if isinstance(envelope.payload, Mapping) else {}
         attempt = attempt_var.get() or self.max_attempts
         try:
@@ -279,6 +298,25 @@ class EmailSender:
             log.warning("no queue takes %s; outcome dropped", kind, extra={"idempotency_key": key})
 
 
+def delivery_store_factory(settings: Settings) -> Callable[[], Store]:
+    """Opens the delivery log's store once, whoever asks first (the senders of one process
+    share it: the SQLite adapter keeps a connection per thread and commits their writes
+    together)."""
+    opened: list[Store] = []
+    lock = threading.Lock()
+
+    def factory() -> Store:
+        with lock:
+            if not opened:
+                # synchronous=NORMAL on SQLite: a power cut may lose the last records (never
+                # a process crash), which at worst sends those emails once more; in exchange
+                # a delivery costs no fsync.
+                opened.append(open_store(settings, STORE_NAME, sqlite_synchronous="NORMAL"))
+            return opened[0]
+
+    return factory
+
+
 def _reason(error: BaseException) -> str:
     if isinstance(error, PermanentError) and error.__cause__ is not None:
         error = error.__cause__
@@ -305,4 +343,5 @@ def make_consumer(
         prefetch=prefetch,
         on_exhausted=sender.on_exhausted,
         exchange=exchange,
+        queue_type=settings.amqp_queue_type,
     )

@@ -1,11 +1,12 @@
 """The API gateway: one Falcon ASGI app in front of the users, events and notifications services.
 
 ``create_app`` is the only wiring. Per request, in order: the request edge (request ID, metrics,
-log line; :mod:`gateway.middleware`), CORS, the per-address rate limit, then the proxy
-(:mod:`gateway.proxy`: route lookup, preflight, body limit, token check, per-subject rate limit,
-forwarding). Errors answer problem+json and the gateway answers ``/health``, ``/ready`` (every
-upstream ready) and ``/metrics`` itself, through the edge the services share
-(:mod:`eventpost.web`).
+log line; :mod:`gateway.middleware`), CORS, the per-address rate limits (login and sign-up,
+anonymous requests), then the proxy (:mod:`gateway.proxy`: route lookup, preflight, body limit,
+token check, per-subject rate limit, forwarding). The limits are one
+:class:`gateway.ratelimit.EdgePolicy` (in memory, or in Redis with ``REDIS_URL``). Errors
+answer problem+json and the gateway answers ``/health``, ``/ready`` (every upstream ready) and
+``/metrics`` itself, through the edge the services share (:mod:`eventpost.web`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from gateway.auth import EdgeVerifier
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import GatewayEdge, LifespanMiddleware, RateLimitMiddleware
 from gateway.proxy import Proxy
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import Buckets, EdgePolicy, RateLimiter
+from gateway.registration import ConsulLifespan
 from gateway.upstreams import UpstreamClient, UpstreamPolicy
 
 log = logging.getLogger("gateway.http")
@@ -60,11 +62,17 @@ def create_app(
     registry: CollectorRegistry | None = None,
     jwks_min_refetch: float = 5.0,
     address_limiter: RateLimiter | None = None,
+    env: Mapping[str, str] | None = None,
+    rate_policy: EdgePolicy | None = None,
 ) -> falcon.asgi.App:
     """The gateway app. ``discovery`` finds the upstreams (default: ``discovery_for(settings)``),
     ``clock`` (monotonic seconds) drives rate limits, circuit breakers and the JWKS cache,
     ``policies`` overrides timeouts/retries/breaker per upstream, ``registry`` holds the
-    metrics, ``address_limiter`` replaces the per-address buckets made from the settings.
+    metrics, ``address_limiter`` replaces the anonymous class's per-address buckets,
+    ``rate_policy`` the whole rate-limit policy made from the settings (keep a reference to
+    change its limits at run time: :meth:`EdgePolicy.set_general`).
+    With ``CONSUL_HTTP_ADDR`` the gateway registers in Consul and follows its rate limits in
+    KV (``env``: the environment it started from, where a deleted key goes back to).
     Nothing connects until the ASGI lifespan starts."""
     registry = registry or CollectorRegistry()
     metrics = GatewayMetrics(registry)
@@ -80,15 +88,21 @@ def create_app(
         observe=metrics.observe_upstream,
     )
     verifier = EdgeVerifier(jwks_fetcher(client), clock=clock, min_refetch_seconds=jwks_min_refetch)
-    rate, burst = settings.gateway_rate_limit, settings.gateway_rate_burst
-    app = falcon.asgi.App(
-        middleware=[
-            LifespanMiddleware(client),
-            GatewayEdge(metrics),
-            cors_middleware(settings),
-            RateLimitMiddleware(address_limiter or RateLimiter(rate, burst, clock)),
-        ],
-    )
+    if rate_policy is None:
+        rate_policy = EdgePolicy.from_settings(
+            settings, clock, rate_buckets(settings, metrics, clock)
+        )
+    if address_limiter is not None:
+        rate_policy.limiters["anonymous"] = address_limiter
+    middleware: list[Any] = [
+        LifespanMiddleware(client, rate_policy),
+        GatewayEdge(metrics),
+        cors_middleware(settings),
+        RateLimitMiddleware(rate_policy, metrics),
+    ]
+    if settings.consul_http_addr:
+        middleware.insert(1, ConsulLifespan(settings, rate_policy.set_general, env=env))
+    app = falcon.asgi.App(middleware=middleware)
     install_edge(
         app,
         ASGI_EDGE,
@@ -97,9 +111,25 @@ def create_app(
         ready_checks=client.ready_checks(),
         registry=registry,
     )
-    subject_limiter = RateLimiter(rate, burst, clock)
-    app.add_sink(Proxy(settings, client, verifier, subject_limiter, metrics).handle, r"^/v1/")
+    app.add_sink(Proxy(settings, client, verifier, rate_policy, metrics).handle, r"^/v1/")
     return app
+
+
+def rate_buckets(
+    settings: Settings, metrics: GatewayMetrics, clock: Callable[[], float]
+) -> Buckets | None:
+    """Redis buckets shared by every gateway with ``REDIS_URL``, else None (in memory)."""
+    if not settings.redis_url:
+        return None
+    from gateway.redis_buckets import RedisBuckets  # redis is loaded only when used
+
+    return RedisBuckets(
+        settings.redis_url,
+        prefix=settings.gateway_redis_prefix,
+        clock=clock,
+        on_state=metrics.observe_redis,
+        on_fail_open=metrics.fail_open.inc,
+    )
 
 
 def jwks_fetcher(client: UpstreamClient) -> Callable[[], Awaitable[Mapping[str, Any]]]:

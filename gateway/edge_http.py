@@ -13,7 +13,8 @@ problem+json answer and ``Connection: close``:
   on a kept-alive connection, of the next request's first byte): 408, then close;
 - a body not complete within ``body_timeout`` seconds of the end of its headers (a
   ``Content-Length`` that promises more than is sent, a chunked body that never ends, a client
-  that dribbles): 408, then close (only closed when the answer has already started);
+  that dribbles): 408, then close (only closed when an answer has already started, e.g. the
+  413 of a body announced too large);
 - anything the parser refuses (an invalid method, a malformed ``Content-Length``, both
   ``Content-Length`` and ``Transfer-Encoding``, a bad chunk): 400 instead of uvicorn's
   text/plain one.
@@ -80,6 +81,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._timer: asyncio.TimerHandle | None = None
         self._in_head = False
+        self._in_body = False
         self._head_bytes = 0  # counted from the parser callbacks: exact
         self._raw_head_bytes = 0  # counted from the bytes received while in a head: a bound
         self._header_count = 0
@@ -145,12 +147,14 @@ class EdgeHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         """The head is in: the body deadline replaces the header deadline."""
         self._in_head = False
+        self._in_body = True
         self._disarm()
         self._arm(self.limits.body_timeout, "body")
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         """The whole request is in: no deadline until the next one starts."""
+        self._in_body = False
         self._disarm()
         super().on_message_complete()
 
@@ -174,9 +178,13 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         if self.transport is None or self.transport.is_closing():
             return
         cycle = self.cycle
-        answered = False
+        # Never a second answer to a request already answered (the app may answer before the
+        # body is all in, e.g. a 413), nor an answer into one being written: only closed.
+        if self._in_body:
+            answered = cycle is not None and cycle.response_started
+        else:
+            answered = cycle is not None and cycle.response_started and not cycle.response_complete
         if cycle is not None and not cycle.response_complete:
-            answered = cycle.response_started
             # The app's task may still be waiting for the body: it now sees a disconnect and
             # whatever it answers goes nowhere.
             cycle.disconnected = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from eventpost.web.edge import LabelledChildren
 from gateway.upstreams import BreakerState
 
 
@@ -45,11 +46,40 @@ class GatewayMetrics:
             ["upstream"],
             registry=registry,
         )
+        # Children looked up once per label values (see LabelledChildren).
+        self.requests_of = LabelledChildren(self.requests)
+        self.request_latency_of = LabelledChildren(self.request_latency)
+        self._upstream_latency = LabelledChildren(self.upstream_latency)
+        self._circuit_open = LabelledChildren(self.circuit_open)
+
+        self.rate_limited = Counter(
+            "gateway_rate_limited_total",
+            "Requests refused with 429 by the gateway's rate limits, by route class",
+            ["route_class"],
+            registry=registry,
+        )
+        self._redis_up: Gauge | None = None  # only with REDIS_URL (observe_redis)
+        self.fail_open = Counter(
+            "gateway_ratelimit_fail_open_total",
+            "Requests let through without a rate-limit check because Redis did not answer",
+            registry=registry,
+        )
+
+    def observe_redis(self, up: bool) -> None:
+        """The Redis of the rate limits answers (or not) now."""
+        if self._redis_up is None:
+            self._redis_up = Gauge(
+                "gateway_ratelimit_redis_up",
+                "1 while the Redis that holds the rate-limit buckets answers, 0 while it "
+                "does not (requests then pass unchecked)",
+                registry=self.registry,
+            )
+        self._redis_up.set(1 if up else 0)
 
     def observe_upstream(self, upstream: str, seconds: float) -> None:
         """An upstream answered in ``seconds``."""
-        self.upstream_latency.labels(upstream).observe(seconds)
+        self._upstream_latency(upstream).observe(seconds)
 
     def observe_breaker(self, upstream: str, state: BreakerState) -> None:
         """The circuit breaker of ``upstream`` is in ``state`` now."""
-        self.circuit_open.labels(upstream).set(0 if state is BreakerState.CLOSED else 1)
+        self._circuit_open(upstream).set(0 if state is BreakerState.CLOSED else 1)

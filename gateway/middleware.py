@@ -1,6 +1,7 @@
 """The gateway's middleware: its request edge (request ID, ``gateway_*`` metrics, one log line
-per request, over :class:`eventpost.web.edge.RequestEdge`), the per-address rate limit, and the
-lifespan that opens and closes the upstream connection pool."""
+per request, over :class:`eventpost.web.edge.RequestEdge`), the per-address rate limits (login
+and sign-up, anonymous requests; :mod:`gateway.ratelimit`), and the lifespan that opens and
+closes the upstream connection pool and the rate-limit store."""
 
 from __future__ import annotations
 
@@ -13,10 +14,20 @@ import falcon.asgi
 
 from eventpost.web.edge import OPS_PATHS, RequestEdge
 from gateway.metrics import GatewayMetrics
-from gateway.ratelimit import Decision, RateLimiter
+from gateway.ratelimit import Decision, EdgePolicy
 from gateway.upstreams import UpstreamClient
 
 log = logging.getLogger("gateway.http")
+
+# The ``auth`` route class: login and sign-up, limited strictly per client address.
+AUTH_ROUTES = frozenset({("POST", "/v1/auth/token"), ("POST", "/v1/users")})
+
+WHOSE = {
+    "auth": "to sign in or sign up from this address",
+    "anonymous": "from this address",
+    "user": "for this account",
+    "admin": "for this account",
+}
 
 
 class GatewayEdge(RequestEdge):
@@ -37,8 +48,8 @@ class GatewayEdge(RequestEdge):
     def record(self, req: falcon.Request, resp: falcon.Response, elapsed: float) -> int | None:
         ctx = req.context
         route = ctx.get("route") or req.uri_template or "unmatched"
-        self.metrics.requests.labels(route, req.method, str(resp.status_code)).inc()
-        self.metrics.request_latency.labels(route).observe(elapsed)
+        self.metrics.requests_of(route, req.method, str(resp.status_code)).inc()
+        self.metrics.request_latency_of(route).observe(elapsed)
         upstream_seconds = ctx.get("upstream_seconds")
         if upstream_seconds is not None:
             self.metrics.overhead.observe(max(0.0, elapsed - upstream_seconds))
@@ -77,30 +88,62 @@ def peer_address(req: falcon.asgi.Request) -> str:
     return peer
 
 
-class RateLimitMiddleware:
-    """Per-client-address token buckets (the gateway's own endpoints are exempt)."""
+def route_class(method: str, path: str) -> str | None:
+    """``"auth"`` for login and sign-up, ``None`` for every other request."""
+    return "auth" if (method, path.rstrip("/") or "/") in AUTH_ROUTES else None
 
-    def __init__(self, limiter: RateLimiter) -> None:
-        self.limiter = limiter
+
+async def charge(
+    policy: EdgePolicy,
+    metrics: GatewayMetrics,
+    req: falcon.asgi.Request,
+    limit_class: str,
+    key: str,
+) -> None:
+    """Take one token of ``limit_class`` for ``key``; raises the 429 when there is none. A
+    request is charged once (:attr:`req.context.rate_charged`)."""
+    req.context.rate_charged = True
+    decision = await policy.check(limit_class, key)
+    if not decision.allowed:
+        metrics.rate_limited.labels(limit_class).inc()
+        raise too_many_requests(decision, WHOSE[limit_class])
+
+
+class RateLimitMiddleware:
+    """The per-address classes: ``auth`` (login, sign-up) and ``anonymous`` (no token); a
+    request with a token is charged to its subject by the proxy once the token is verified
+    (the gateway's own endpoints are exempt)."""
+
+    def __init__(self, policy: EdgePolicy, metrics: GatewayMetrics) -> None:
+        self.policy = policy
+        self.metrics = metrics
 
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        if not self.limiter.enabled or req.path in OPS_PATHS:
+        req.context.rate_charged = False
+        if req.path in OPS_PATHS:
             return
-        decision = self.limiter.take("addr:" + peer_address(req))
-        if not decision.allowed:
-            raise too_many_requests(decision, "from this address")
+        if route_class(req.method, req.path) == "auth":
+            await charge(self.policy, self.metrics, req, "auth", "addr:" + peer_address(req))
+        elif req.get_header("Authorization") is None:
+            await charge(self.policy, self.metrics, req, "anonymous", "addr:" + peer_address(req))
 
 
 class LifespanMiddleware:
-    """Opens the upstream connection pool on ASGI startup and closes it on shutdown."""
+    """Opens the upstream connection pool (and the rate-limit store) on ASGI startup and
+    closes them on shutdown."""
 
-    def __init__(self, client: UpstreamClient) -> None:
+    def __init__(self, client: UpstreamClient, policy: EdgePolicy | None = None) -> None:
         self.client = client
+        self.policy = policy
 
     async def process_startup(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
         await self.client.start()
+        if self.policy is not None:
+            await self.policy.start()
         log.info("gateway started", extra={"upstreams": sorted(self.client.upstreams)})
 
     async def process_shutdown(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
         await self.client.close()
+        if self.policy is not None:
+            await self.policy.close()
         log.info("gateway stopped")

@@ -1,7 +1,8 @@
 """The sink under ``/v1/``: everything the gateway forwards to a service.
 
 Per request, in order: route lookup (404), CORS preflight, body size limit (413), token check
-at the edge (401, or 503 when no key can check it), per-subject rate limit (429); then the
+at the edge (401, or 503 when no key can check it), per-subject rate limit (429: the ``user``
+or ``admin`` class; a token that does not verify is charged to the address); then the
 request goes through the pooled upstream client and the upstream's answer is relayed (or a
 502/503/504 problem+json answers for it).
 """
@@ -19,8 +20,8 @@ from eventpost.settings import Settings
 from eventpost.web import REQUEST_ID_HEADER
 from gateway.auth import EdgeVerifier, KeysUnavailable
 from gateway.metrics import GatewayMetrics
-from gateway.middleware import peer_address, too_many_requests
-from gateway.ratelimit import RateLimiter
+from gateway.middleware import charge, peer_address
+from gateway.ratelimit import EdgePolicy
 from gateway.routes import requires_user, resolve
 from gateway.upstreams import UpstreamClient, UpstreamError
 
@@ -57,6 +58,9 @@ RELAY_RESPONSE_HEADERS = (
     "WWW-Authenticate",
 )
 PREFLIGHT_ALLOW = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+# The same, as the hot path looks them up: ASGI header names are lower-case bytes.
+_FORWARD_BY_RAW_NAME = {name.lower().encode("latin-1"): name for name in FORWARD_REQUEST_HEADERS}
+_RELAYED = frozenset(name.lower() for name in RELAY_RESPONSE_HEADERS)
 
 
 def _raw_path(req: falcon.asgi.Request) -> str:
@@ -75,19 +79,25 @@ class Proxy:
         settings: Settings,
         client: UpstreamClient,
         verifier: EdgeVerifier,
-        limiter: RateLimiter,
+        policy: EdgePolicy,
         metrics: GatewayMetrics,
     ) -> None:
         self.settings = settings
         self.client = client
         self.verifier = verifier
-        self.limiter = limiter
+        self.policy = policy
         self.metrics = metrics
+
+    async def _charge_address(self, req: falcon.asgi.Request) -> None:
+        # A request the middleware left to the proxy (it had a token) that gets no subject.
+        if not req.context.get("rate_charged"):
+            await charge(self.policy, self.metrics, req, "anonymous", "addr:" + peer_address(req))
 
     async def handle(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **_: Any) -> None:
         """Forward one request to the upstream its path belongs to."""
         route = resolve(req.path)
         if route is None:
+            await self._charge_address(req)
             raise falcon.HTTPNotFound(description="No resource lives at this path.")
         req.context.route = route.name
         req.context.upstream = route.upstream
@@ -126,13 +136,16 @@ class Proxy:
         req.context.upstream_seconds = answer.seconds
 
         resp.status = answer.status
-        for name in RELAY_RESPONSE_HEADERS:
-            values = answer.headers.getall(name, ())
-            if len(values) == 1:
-                resp.set_header(name, values[0])
-            elif values:
-                for value in values:
-                    resp.append_header(name, value)
+        relayed: set[str] = set()
+        for name, value in answer.headers.items():  # one pass over what the upstream sent
+            key = name.lower()
+            if key not in _RELAYED:
+                continue
+            if key in relayed:
+                resp.append_header(name, value)
+            else:
+                resp.set_header(name, value)
+                relayed.add(key)
         if answer.body:
             resp.data = answer.body
 
@@ -145,28 +158,36 @@ class Proxy:
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
+            await self._charge_address(req)
             raise unauthorized("Only bearer access tokens are accepted.", "invalid_request")
         try:
             claims = await self.verifier.verify(token)
         except KeysUnavailable:
+            await self._charge_address(req)
             raise keys_unavailable() from None
         except InvalidToken:
+            await self._charge_address(req)
             raise unauthorized() from None
         req.context.subject = claims.sub
-        decision = self.limiter.take("sub:" + claims.sub)
-        if not decision.allowed:
-            raise too_many_requests(decision, "for this account")
+        if not req.context.get("rate_charged"):
+            limit_class = "admin" if claims.is_admin else "user"
+            await charge(self.policy, self.metrics, req, limit_class, "sub:" + claims.sub)
 
     def _forward_headers(self, req: falcon.asgi.Request) -> dict[str, str]:
-        headers = {}
-        for name in FORWARD_REQUEST_HEADERS:
-            value = req.get_header(name)
-            if value is not None:
-                headers[name] = value
+        # One pass over the raw ASGI headers (a get_header per name costs a lookup each);
+        # repeated headers are joined with "," as Falcon's get_header joins them.
+        headers: dict[str, str] = {}
+        host = None
+        for raw_name, raw_value in req.scope["headers"]:
+            name = _FORWARD_BY_RAW_NAME.get(raw_name)
+            if name is not None:
+                value = raw_value.decode("latin-1")
+                headers[name] = f"{headers[name]},{value}" if name in headers else value
+            elif raw_name == b"host":
+                host = raw_value.decode("latin-1")
         headers[REQUEST_ID_HEADER] = req.context.request_id
         headers["X-Forwarded-For"] = peer_address(req)
         headers["X-Forwarded-Proto"] = req.scheme
-        host = req.get_header("Host")
         if host:
             headers["X-Forwarded-Host"] = host
         return headers

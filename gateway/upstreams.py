@@ -41,6 +41,10 @@ class UpstreamPolicy:
     breaker_failures: int = 5
     breaker_cooldown: float = 10.0
     ready_timeout: float = 2.0
+    # One instance of several: out of the rotation after this many failures in a row, for
+    # this long, then one trial request decides (the others take its share meanwhile).
+    instance_failures: int = 1
+    instance_cooldown: float = 2.0
 
 
 class BreakerState(enum.Enum):
@@ -54,7 +58,10 @@ class CircuitBreaker:
     one trial request through (half-open): its success closes the circuit, its failure opens it
     again. A trial that never reports back frees its slot after another ``cooldown``."""
 
-    def __init__(self, failures: int, cooldown: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, failures: int, cooldown: float, clock: Callable[[], float], *, name: str = ""
+    ) -> None:
+        self.name = name
         self.threshold = max(1, failures)
         self.cooldown = cooldown
         self.clock = clock
@@ -96,7 +103,9 @@ class CircuitBreaker:
         if self.state is BreakerState.HALF_OPEN or self.consecutive_failures >= self.threshold:
             if self.state is not BreakerState.OPEN:
                 log.warning(
-                    "circuit opened after %d consecutive failures", self.consecutive_failures
+                    "circuit %sopened after %d consecutive failures",
+                    f"of {self.name} " if self.name else "",
+                    self.consecutive_failures,
                 )
             self.state = BreakerState.OPEN
             self._opened_at = self.clock()
@@ -130,13 +139,16 @@ class UpstreamResponse:
 
 @dataclass
 class Upstream:
-    """One upstream service: its policy, its breaker and a round-robin over its instances."""
+    """One upstream service: its policy, its breaker and a round-robin over its instances,
+    each with a breaker of its own that takes a failing instance out of the rotation."""
 
     name: str
     policy: UpstreamPolicy
     breaker: CircuitBreaker
+    clock: Callable[[], float] = time.monotonic
     timeout: aiohttp.ClientTimeout = field(init=False)
     _turn: itertools.count = field(default_factory=itertools.count)
+    _instance_breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.timeout = aiohttp.ClientTimeout(
@@ -145,9 +157,36 @@ class Upstream:
             sock_connect=self.policy.connect_timeout,
         )
 
-    def pick(self, instances: list[str]) -> str:
-        """The next instance, round-robin."""
-        return instances[next(self._turn) % len(instances)]
+    def instance_breaker(self, base: str) -> CircuitBreaker:
+        """The breaker of one instance (made on first use)."""
+        breaker = self._instance_breakers.get(base)
+        if breaker is None:
+            breaker = CircuitBreaker(
+                self.policy.instance_failures,
+                self.policy.instance_cooldown,
+                self.clock,
+                name=f"{self.name} at {base}",
+            )
+            self._instance_breakers[base] = breaker
+        return breaker
+
+    def pick(self, instances: list[str], tried: Iterable[str] = ()) -> str:
+        """The next instance, round-robin, preferring one not ``tried`` yet by this request
+        (a retry after a dead instance goes elsewhere even while others take turns) and,
+        among those, one whose own breaker lets a request through; when none does, the next
+        one anyway: the service's breaker decides about giving up."""
+        if len(self._instance_breakers) > 2 * len(instances) + 8:
+            # Instances that left the list (discovery changed): forget their breakers.
+            keep = set(instances)
+            for gone in [base for base in self._instance_breakers if base not in keep]:
+                del self._instance_breakers[gone]
+        fresh = [base for base in instances if base not in tried] or instances
+        start = next(self._turn)
+        order = [fresh[(start + i) % len(fresh)] for i in range(len(fresh))]
+        for base in order:
+            if self.instance_breaker(base).allow():
+                return base
+        return order[0]
 
 
 # Errors raised before any byte of the request left: safe to retry for any method.
@@ -177,14 +216,18 @@ class UpstreamClient:
         self.upstreams: dict[str, Upstream] = {}
         for name in names:
             policy = policies.get(name, default_policy)
-            breaker = CircuitBreaker(policy.breaker_failures, policy.breaker_cooldown, clock)
-            self.upstreams[name] = Upstream(name, policy, breaker)
+            breaker = CircuitBreaker(
+                policy.breaker_failures, policy.breaker_cooldown, clock, name=name
+            )
+            self.upstreams[name] = Upstream(name, policy, breaker, clock)
         self._observe = observe or (lambda name, seconds: None)
         self._keepalive = keepalive_timeout
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        """Open the connection pool (call from inside the running event loop)."""
+        """Open the connection pool (call from inside the running event loop) and have
+        discovery follow every upstream from now on."""
+        self.discovery.watch(sorted(self.upstreams))
         if self._session is None:
             connector = aiohttp.TCPConnector(
                 limit=512,
@@ -243,9 +286,12 @@ class UpstreamClient:
             )
         tries = 1 + max(0, upstream.policy.retries)
         idempotent = method in IDEMPOTENT_METHODS
+        tried: list[str] = []
         try:
             for attempt in range(tries):
-                base = upstream.pick(self._instances(name))
+                base = upstream.pick(self._instances(name), tried)
+                tried.append(base)
+                instance = upstream.instance_breaker(base)
                 started = time.perf_counter()
                 try:
                     async with self.session.request(
@@ -259,10 +305,12 @@ class UpstreamClient:
                         data = await resp.read()
                         elapsed = time.perf_counter() - started
                         breaker.record_success()
+                        instance.record_success()
                         self._observe(name, elapsed)
                         return UpstreamResponse(resp.status, resp.headers, data, elapsed)
                 except _NOT_SENT as exc:
                     breaker.record_failure()
+                    instance.record_failure()
                     last: UpstreamError = UpstreamError(
                         502, f"The {name} service could not be reached."
                     )
@@ -270,12 +318,14 @@ class UpstreamClient:
                     retry = True
                 except TimeoutError:
                     breaker.record_failure()
+                    instance.record_failure()
                     log.warning("%s: %s %s timed out at %s", name, method, target, base)
                     raise UpstreamError(
                         504, f"The {name} service did not answer in time."
                     ) from None
                 except aiohttp.ClientError as exc:
                     breaker.record_failure()
+                    instance.record_failure()
                     last = UpstreamError(502, f"The {name} service failed to answer.")
                     log.warning("%s: %s %s failed at %s: %r", name, method, target, base, exc)
                     retry = idempotent
@@ -284,6 +334,8 @@ class UpstreamClient:
             raise AssertionError("unreachable")  # pragma: no cover
         except asyncio.CancelledError:
             breaker.release_trial()
+            if tried:
+                upstream.instance_breaker(tried[-1]).release_trial()
             raise
 
     def ready_checks(self) -> dict[str, Callable[[], Awaitable[None]]]:

@@ -55,7 +55,8 @@ def ensure_installed(c, force: bool = False) -> None:
 
 
 def _amqp_address() -> tuple[str, int]:
-    url = urlparse(os.environ.get("AMQP_URL") or DEFAULT_AMQP_URL)
+    # AMQP_URL may list several nodes, comma separated: the first one is checked.
+    url = urlparse((os.environ.get("AMQP_URL") or DEFAULT_AMQP_URL).split(",")[0].strip())
     return url.hostname or "127.0.0.1", url.port or 5672
 
 
@@ -125,15 +126,19 @@ def lock(c):
     )
 
 
-@task
-def run(c):
-    """Start the whole suite in the foreground (Ctrl-C or SIGTERM stops all of it)."""
+@task(help={"replicas": "instances per HTTP service, e.g. events=2,notifications=2"})
+def run(c, replicas=""):
+    """Start the whole suite in the foreground (Ctrl-C or SIGTERM stops all of it); a part
+    that dies is restarted, one that keeps dying stops the suite."""
     ensure_installed(c)
     ensure_rabbitmq(c)
     sys.stdout.flush()
     # Become the launcher, so SIGTERM sent to this process reaches it directly.
     os.chdir(ROOT)
-    os.execv(str(VENV_PY), [str(VENV_PY), "-m", "devtools.launcher"])
+    argv = [str(VENV_PY), "-m", "devtools.launcher"]
+    if replicas:
+        argv += ["--replicas", replicas]
+    os.execv(str(VENV_PY), argv)
 
 
 @task(help={"args": "extra pytest arguments, e.g. '-k users -x'"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from eventpost.messaging.consumer import Consumer, PermanentError, attempt_var
+from eventpost.messaging.consumer import Consumer, PermanentError, attempt_var, replayed_var
 from eventpost.messaging.envelope import Envelope, MalformedMessage
 from eventpost.messaging.publisher import Publisher, PublishError, Unroutable
 from eventpost.messaging.topology import EXCHANGE, declare_consumer_topology
@@ -43,4 +43,5 @@ __all__ = [
     "Worker",
     "attempt_var",
     "declare_consumer_topology",
+    "replayed_var",
 ]

@@ -17,7 +17,10 @@ the queues, :mod:`eventpost.messaging.delivery` for the decisions):
 
 Retried and parked copies keep the body and properties and carry ``x-attempt``, ``x-error``
 and ``x-original-routing-key`` (a message back from a delay queue is delivered with the
-queue's name as routing key; the envelope's ``type`` is unchanged).
+queue's name as routing key; the envelope's ``type`` is unchanged); parked ones also
+``x-park-reason`` and ``x-parked-at``. ``invoke parked --replay``
+(:mod:`eventpost.messaging.parking`) moves parked messages back to ``<queue>`` at attempt 1,
+counting ``x-replayed`` (the handler sees it as :data:`replayed_var`).
 
 A message is acked only after its outcome is safe in the broker, so a crash at any point
 makes the broker redeliver it: delivery is at-least-once and handlers must be idempotent
@@ -62,6 +65,7 @@ from eventpost.messaging.delivery import (
     PermanentError,
     Settler,
     attempt_var,
+    replayed_var,
 )
 from eventpost.messaging.envelope import REQUEST_ID_HEADER, Envelope, MalformedMessage
 from eventpost.messaging.topology import (
@@ -70,6 +74,7 @@ from eventpost.messaging.topology import (
     connection_parameters,
     declare_consumer_topology,
     default_connection_name,
+    queue_arguments,
 )
 
 log = logging.getLogger(__name__)
@@ -134,7 +139,10 @@ class Consumer:
     ahead; ``on_exhausted(envelope, error)``: called once when a message is given up
     (PermanentError or out of retries), before it is parked, in the handler's thread (an
     exception from it is logged and the message parked anyway); ``reconnect_backoff``:
-    (first, longest) delay between reconnects.
+    (first, longest) delay between reconnects; ``queue_type``: ``classic`` or ``quorum``
+    for the queue, its delay queues and its parking queue (``Settings.amqp_queue_type``).
+    ``amqp_url`` may list several nodes, comma separated: each reconnect tries them in
+    order, so the consumer moves to a live node by itself.
 
     The attempt number of the message being handled is available to the handler as
     ``attempt_var.get()`` (see :data:`attempt_var`) and as :attr:`current_attempt`;
@@ -157,6 +165,7 @@ class Consumer:
         reconnect_backoff: tuple[float, float] = (0.5, 30.0),
         exchange: str = EXCHANGE,
         connection_name: str | None = None,
+        queue_type: str = "classic",
     ) -> None:
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
@@ -171,6 +180,8 @@ class Consumer:
         self.on_exhausted = on_exhausted
         self.reconnect_backoff = reconnect_backoff
         self.exchange = exchange
+        queue_arguments(queue_type)  # fail early on an unknown type
+        self.queue_type = queue_type
         self.connection_name = connection_name or default_connection_name(f"consumer-{queue}")
         self._deliveries = DeliveryHandler(queue, handler, self.retry_delays, on_exhausted)
         self._stop = _StopFlag()
@@ -262,7 +273,12 @@ class Consumer:
         self._cancelled_by_broker = False
         channel = self._connection.channel()
         declare_consumer_topology(
-            channel, self.queue, self.bindings, self.retry_delays, exchange=self.exchange
+            channel,
+            self.queue,
+            self.bindings,
+            self.retry_delays,
+            exchange=self.exchange,
+            queue_type=self.queue_type,
         )
         channel.basic_qos(prefetch_count=self.prefetch)
         channel.add_on_cancel_callback(self._on_cancelled)
@@ -342,7 +358,11 @@ class Consumer:
             settler.settle(delivery, Outcome("park", "malformed", exc))
             return None
         job = executor.submit(
-            contextvars.copy_context().run, self._deliveries, envelope, delivery.attempt
+            contextvars.copy_context().run,
+            self._deliveries,
+            envelope,
+            delivery.attempt,
+            delivery.replayed,
         )
         job.add_done_callback(lambda _job: _wake(connection))
         return job
@@ -355,4 +375,5 @@ __all__ = [
     "Consumer",
     "PermanentError",
     "attempt_var",
+    "replayed_var",
 ]

@@ -25,6 +25,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from eventpost.logs import request_id_var
 from eventpost.messaging.envelope import Envelope
 from eventpost.messaging.topology import parked_queue_name, retry_queue_name
+from eventpost.timeutil import Clock, format_time, utcnow
 
 log = logging.getLogger("eventpost.messaging.consumer")
 
@@ -33,11 +34,21 @@ log = logging.getLogger("eventpost.messaging.consumer")
 attempt_var: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "eventpost_message_attempt", default=None
 )
+#: How many times an operator moved the message being handled back from its parking queue
+#: (``invoke parked --replay``): 0 for a message never parked. A handler that remembers a
+#: permanent failure tries such a message again instead of repeating the old outcome.
+replayed_var: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "eventpost_message_replayed", default=0
+)
 
 ATTEMPT_HEADER = "x-attempt"
 PARK_REASON_HEADER = "x-park-reason"
 ERROR_HEADER = "x-error"
 ORIGINAL_ROUTING_KEY_HEADER = "x-original-routing-key"
+#: When a message was parked (a :func:`~eventpost.timeutil.format_time` string).
+PARKED_AT_HEADER = "x-parked-at"
+#: How many times it was replayed from its parking queue.
+REPLAYED_HEADER = "x-replayed"
 
 Handler = Callable[[Envelope], None]
 OnExhausted = Callable[[Envelope, BaseException], None]
@@ -78,6 +89,14 @@ class Delivery:
             return 1
         return max(attempt, 1)
 
+    @property
+    def replayed(self) -> int:
+        """How many times it was moved back from the parking queue (0: never)."""
+        try:
+            return max(int(self.headers.get(REPLAYED_HEADER, 0)), 0)
+        except (TypeError, ValueError):
+            return 0
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -106,11 +125,13 @@ class DeliveryHandler:
         #: The attempt number of the envelope being handled, None when idle.
         self.current_attempt: int | None = None
 
-    def __call__(self, envelope: Envelope, attempt: int) -> Outcome:
-        """Handle ``envelope`` (its ``attempt``-th try) with the request ID and
-        :data:`attempt_var` set; run it in a context of its own (``contextvars``)."""
+    def __call__(self, envelope: Envelope, attempt: int, replayed: int = 0) -> Outcome:
+        """Handle ``envelope`` (its ``attempt``-th try) with the request ID,
+        :data:`attempt_var` and :data:`replayed_var` set; run it in a context of its own
+        (``contextvars``)."""
         request_id_var.set(envelope.request_id)
         attempt_var.set(attempt)
+        replayed_var.set(replayed)
         self.current_attempt = attempt
         info = {
             "queue": self.queue,
@@ -158,7 +179,8 @@ class DeliveryHandler:
 
 class Settler:
     """Carries out outcomes on one connection: ``channel`` is the one the deliveries came
-    from (acks), ``publish_channel`` one in confirm mode for the retry and parked copies."""
+    from (acks), ``publish_channel`` one in confirm mode for the retry and parked copies;
+    ``clock`` stamps parked copies (``x-parked-at``)."""
 
     def __init__(
         self,
@@ -166,8 +188,10 @@ class Settler:
         retry_delays: Sequence[float],
         channel: BlockingChannel,
         publish_channel: BlockingChannel,
+        clock: Clock = utcnow,
     ) -> None:
         self.queue = queue
+        self.clock = clock
         self.retry_delays = tuple(retry_delays)
         self.channel = channel
         self.publish_channel = publish_channel
@@ -191,6 +215,7 @@ class Settler:
                 parked_queue_name(self.queue),
                 {
                     PARK_REASON_HEADER: outcome.reason,
+                    PARKED_AT_HEADER: format_time(self.clock()),
                     ERROR_HEADER: _describe(outcome.error),
                     ATTEMPT_HEADER: delivery.attempt,
                     ORIGINAL_ROUTING_KEY_HEADER: delivery.original_routing_key,

@@ -18,6 +18,7 @@ from eventpost.messaging.topology import (
     declare_bound_queue,
     declare_exchange,
     default_connection_name,
+    queue_arguments,
 )
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,10 @@ class Publisher:
 
     The connection is opened on the first :meth:`publish` (never at construction) and the
     exchange declared then. :meth:`publish` returns only once the broker confirmed the
-    message. A lost connection is reopened once and the publish retried; a second failure
-    raises :class:`PublishError`.
+    message. A lost connection, or a nack, makes it reopen the connection once and publish
+    again; a second failure raises :class:`PublishError`. ``amqp_url`` may list several
+    nodes, comma separated: each connect tries them in order, so a publisher moves to a live
+    node by itself.
 
     Not thread-safe: pika's ``BlockingConnection`` belongs to one thread, so use one
     Publisher per thread. Use as a context manager or call :meth:`close`.
@@ -59,12 +62,16 @@ class Publisher:
         connect_timeout: float = 5.0,
         connection_name: str | None = None,
         subscriptions: Mapping[str, Sequence[str]] | None = None,
+        queue_type: str = "classic",
     ) -> None:
         self.amqp_url = amqp_url
         self.exchange = exchange
         # Queues (name -> routing keys) declared and bound on every connect, so what this
         # publisher sends has somewhere to wait even before its consumer first started.
         self.subscriptions = dict(subscriptions or {})
+        queue_arguments(queue_type)  # fail early on an unknown type
+        # The type those queues are declared with: the consumers' (Settings.amqp_queue_type).
+        self.queue_type = queue_type
         self.connect_timeout = connect_timeout
         self.connection_name = connection_name or default_connection_name("publisher")
         self._connection: pika.BlockingConnection | None = None
@@ -98,7 +105,16 @@ class Publisher:
                     f"no queue is bound to {key!r} on exchange {self.exchange!r}"
                 ) from exc
             except pika.exceptions.NackError as exc:
-                raise PublishError(f"the broker nacked message {envelope.id}") from exc
+                # A channel can go on nacking after a cluster node died (RabbitMQ 3.10: one
+                # opened while the quorum queues were electing new leaders); a fresh
+                # connection gets one that works. A second nack is the broker's answer.
+                self._discard()
+                if attempt == 2:
+                    raise PublishError(f"the broker nacked message {envelope.id}") from exc
+                log.warning(
+                    "publish nacked, reconnecting once",
+                    extra={"message_id": envelope.id},
+                )
             except _CONNECTION_TROUBLE as exc:
                 self._discard()
                 if attempt == 2:
@@ -151,7 +167,7 @@ class Publisher:
             channel.confirm_delivery()
             declare_exchange(channel, self.exchange)
             for queue, keys in self.subscriptions.items():
-                declare_bound_queue(channel, queue, keys, self.exchange)
+                declare_bound_queue(channel, queue, keys, self.exchange, queue_type=self.queue_type)
         except BaseException:
             close_quietly(connection)
             raise

@@ -208,6 +208,7 @@ class OutboxRelay:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m eventpost.messaging.relay --service NAME``: relay NAME's outbox until
     SIGTERM or SIGINT; returns the exit code."""
+    from eventpost.consul import attach_to_worker
     from eventpost.messaging.worker import Worker
     from eventpost.settings import Settings
     from eventpost.storage import open_store
@@ -227,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             exchange=args.exchange,
             connection_name=f"eventpost-{args.service}-relay@{socket.gethostname()}:{os.getpid()}",
             subscriptions=SUBSCRIPTIONS if args.exchange == EXCHANGE else None,
+            queue_type=settings.amqp_queue_type,
         )
         try:
             OutboxRelay(store, publisher).run(stop)
@@ -236,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     worker = Worker(f"{args.service}-relay")
     worker.add_loop("relay", relay_loop)
+    attach_to_worker(worker, settings, f"{args.service}-relay")
     return worker.run()
 
 

@@ -37,6 +37,10 @@ class UnknownEvent(LookupError):
     """The events service does not know that event."""
 
 
+class _Unreachable(Exception):
+    """One instance could not be reached (the next one may be)."""
+
+
 class Upstreams(Protocol):
     """What the notifications service asks other services (tests may pass their own)."""
 
@@ -66,10 +70,22 @@ class HttpUpstreams:
         self, service: str, path: str, headers: Mapping[str, str]
     ) -> tuple[int, dict[str, Any] | None]:
         try:
-            base = self.discovery.url(service)
+            first = self.discovery.url(service)  # round-robin: the calls spread over instances
+            others = [u for u in self.discovery.instances(service) if u != first]
         except LookupError:
             log.warning("no instance of %s known", service)
             raise _unavailable(service) from None
+        # A GET is safe to repeat: one more instance gets it when the first cannot be reached.
+        for base in [first, *others[:1]]:
+            try:
+                return self._get_at(base, service, path, headers)
+            except _Unreachable:
+                continue
+        raise _unavailable(service)
+
+    def _get_at(
+        self, base: str, service: str, path: str, headers: Mapping[str, str]
+    ) -> tuple[int, dict[str, Any] | None]:
         request = urllib.request.Request(  # noqa: S310 - internal http URL from discovery
             base + path, headers={"Accept": "application/json", **headers}, method="GET"
         )
@@ -83,9 +99,15 @@ class HttpUpstreams:
                 log.warning("%s answered %s for %s", service, status, path)
                 raise _unavailable(service) from None
             return status, None
-        except (OSError, ValueError):
-            log.warning("%s could not be reached for %s", service, path, exc_info=True)
+        except ValueError:
+            log.warning("%s answered %s with no JSON", service, path, exc_info=True)
             raise _unavailable(service) from None
+        except OSError as exc:
+            log.warning("%s could not be reached at %s for %s", service, base, path, exc_info=True)
+            reason = getattr(exc, "reason", None)
+            if isinstance(exc, TimeoutError) or isinstance(reason, TimeoutError):
+                raise _unavailable(service) from None  # a second wait would double the delay
+            raise _Unreachable from None
 
     @staticmethod
     def _headers(request_id: str | None, authorization: str | None = None) -> dict[str, str]:

@@ -8,9 +8,19 @@ idempotent: a redelivered or late message changes nothing more.
 - ``event.updated``: every ``scheduled`` reminder of the event gets the fresh snapshot;
   ``before``-style ones move to start - ``before``. A copy older than the snapshot the reminder
   has (by the event's ``updated_at``) is ignored.
-- ``event.deleted``: every ``scheduled`` reminder of the event becomes ``cancelled`` and, in the
-  same store write, an ``event_cancelled`` email job to its address goes into the outbox (key
+- ``event.deleted``: first a tombstone of the event is recorded in the store, then every
+  ``scheduled`` reminder of the event becomes ``cancelled`` and, in the same store write, an
+  ``event_cancelled`` email job to its address goes into the outbox (key
   ``event_cancelled:<reminder id>``). Reminders already ``sending`` are past recall.
+
+  The tombstone closes a race: the events service may still have answered "the event exists"
+  to a reminder being created while the deletion was handled. Creating a reminder inserts it
+  and *then* reads the tombstone (:meth:`Reminders.create
+  <services.notifications.service.Reminders.create>`); this handler writes the tombstone and
+  *then* looks for scheduled reminders. Whatever the order, one of the two sees the other:
+  either the scan finds the new reminder and cancels it here, or the creation finds the
+  tombstone, cancels its reminder itself and answers 422 (no such event). The dispatcher
+  reads tombstones too and cancels instead of sending (:func:`cancellation`).
 - ``user.deleted``: every reminder of the user is deleted.
 
 Payloads are read with their :mod:`eventpost.contracts` model; one that breaks its contract is
@@ -39,7 +49,7 @@ from eventpost.contracts import (
 )
 from eventpost.messaging import Envelope, PermanentError
 from eventpost.storage import Store
-from eventpost.timeutil import Clock, utcnow
+from eventpost.timeutil import Clock, format_time, utcnow
 from services.notifications import domain
 from services.notifications.store import Decision, NotificationsStore
 
@@ -132,7 +142,12 @@ class NotificationHandlers:
             self.follow_event(event)
         elif envelope.type == contracts.EVENT_DELETED:
             deleted = _parse(EventDeleted, envelope)
-            self.cancel_event(deleted.event_id, deleted.event, envelope.request_id)
+            self.cancel_event(
+                deleted.event_id,
+                deleted.event,
+                envelope.request_id,
+                deleted_at=envelope.occurred_at,
+            )
         else:
             raise PermanentError(f"not an event change: {envelope.type}")
 
@@ -162,18 +177,18 @@ class NotificationHandlers:
         return changed
 
     def cancel_event(
-        self, event_id: str, event: Mapping[str, Any] | None, request_id: str | None
+        self,
+        event_id: str,
+        event: Mapping[str, Any] | None,
+        request_id: str | None,
+        *,
+        deleted_at: str | None = None,
     ) -> int:
-        """Cancel the event's scheduled reminders and queue an email to each owner; returns
-        how many were cancelled."""
-
-        def decide(doc: dict[str, Any] | None) -> Decision:
-            changes = domain.cancelled(doc, now=self.clock())
-            if doc is None or changes is None:
-                return None
-            mail = domain.cancelled_job(doc, event).envelope(request_id, clock=self.clock)
-            return changes, [mail.to_dict()]
-
+        """Record the event's tombstone, then cancel its scheduled reminders and queue an
+        email to each owner; returns how many were cancelled."""
+        # The tombstone first: a reminder inserted after the scan below finds it.
+        self.store.record_tombstone(event_id, deleted_at or format_time(self.clock()))
+        decide = cancellation(event, request_id, self.clock)
         cancelled = 0
         for reminder_id in self.store.scheduled_ids_of(event_id):
             if self.store.change(reminder_id, decide, tries=_TRIES) is not None:
@@ -190,3 +205,20 @@ class NotificationHandlers:
             raise PermanentError("user.deleted without a user_id")
         removed = self.store.delete_owned_by(user_id)
         log.info("reminders of a deleted user removed", extra={"count": removed})
+
+
+def cancellation(
+    event: Mapping[str, Any] | None, request_id: str | None, clock: Clock
+) -> Callable[[dict[str, Any] | None], Decision]:
+    """The decision that cancels a scheduled reminder of a deleted event and queues the
+    ``event_cancelled`` email to its owner in the same write (``event``: the deleted event's
+    JSON when known); nothing for a reminder gone or past ``scheduled``."""
+
+    def decide(doc: dict[str, Any] | None) -> Decision:
+        changes = domain.cancelled(doc, now=clock())
+        if doc is None or changes is None:
+            return None
+        mail = domain.cancelled_job(doc, event).envelope(request_id, clock=clock)
+        return changes, [mail.to_dict()]
+
+    return decide

@@ -30,6 +30,9 @@ publish was confirmed but before the outbox record was marked done publishes tha
 email-sender drops it. The window left is in the email-sender: a crash after the SMTP server
 accepted a mail but before the key was recorded can send it twice (at-least-once delivery).
 
+A reminder of an event that has a tombstone (deleted; see :mod:`services.notifications.consumers`)
+is never sent: step 2 cancels it instead, with the owner's ``event_cancelled`` email.
+
 A broker that cannot be reached stops only step 3: reminders keep moving to ``sending`` with
 their jobs safe in the outbox, published when the broker is back.
 """
@@ -38,13 +41,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
 from eventpost import contracts
+from eventpost.consul import attach_to_worker
 from eventpost.ids import worker_name
+from eventpost.live_settings import LiveSettings
 from eventpost.logs import configure_logging
 from eventpost.loops import Backoff, run_rounds
 from eventpost.messaging import EXCHANGE, OutboxRelay, Publisher
@@ -53,6 +59,7 @@ from eventpost.settings import Settings
 from eventpost.storage import StorageError, Store, open_store
 from eventpost.timeutil import Clock, format_time, parse_time, utcnow
 from services.notifications import domain
+from services.notifications.consumers import cancellation
 from services.notifications.store import Decision, NotificationsStore
 
 log = logging.getLogger(__name__)
@@ -145,6 +152,9 @@ class ReminderDispatcher:
         return work()
 
     def _hand_over_one(self, claimed: dict[str, Any]) -> bool:
+        if self.reminders.tombstone_of(claimed["event_id"]) is not None:
+            self._cancel_deleted(claimed)
+            return False
         now = self.clock()
 
         def decide(doc: dict[str, Any] | None) -> Decision:
@@ -175,6 +185,15 @@ class ReminderDispatcher:
             },
         )
         return True
+
+    def _cancel_deleted(self, claimed: dict[str, Any]) -> None:
+        """A claimed reminder whose event is deleted: cancelled, its owner told by email."""
+        decide = cancellation(None, claimed.get("request_id"), self.clock)
+        if self.reminders.change(claimed["id"], decide, current=claimed) is not None:
+            log.info(
+                "reminder of a deleted event cancelled, not sent",
+                extra={"notification_id": claimed["id"], "event_id": claimed["event_id"]},
+            )
 
     def run_once(self) -> int:
         """Claim and hand over every due reminder (batch after batch) and publish them;
@@ -243,15 +262,14 @@ def main(
     # MongoDB's client is thread-safe. Publishers (pika) stay in their own thread.
     store = open_store(settings, "notifications")
 
-    def dispatch_loop(stop: threading.Event) -> None:
-        dispatcher_type(
-            store,
-            owner=owner,
-            lease_seconds=args.lease,
-            batch=args.batch,
-            interval=settings.dispatch_interval,
-            on_handed_over=jobs_handed_over.set,
-        ).run(stop)
+    dispatcher = dispatcher_type(
+        store,
+        owner=owner,
+        lease_seconds=args.lease,
+        batch=args.batch,
+        interval=settings.dispatch_interval,
+        on_handed_over=jobs_handed_over.set,
+    )
 
     def relay_loop(stop: threading.Event) -> None:
         publisher = Publisher(
@@ -259,6 +277,7 @@ def main(
             exchange=args.exchange,
             connection_name=f"eventpost-{owner}",
             subscriptions=contracts.SUBSCRIPTIONS if args.exchange == EXCHANGE else None,
+            queue_type=settings.amqp_queue_type,
         )
         relay = OutboxRelay(
             store,
@@ -275,8 +294,16 @@ def main(
             publisher.close()
 
     worker = Worker("dispatcher")
-    worker.add_loop("dispatcher", dispatch_loop)
+    worker.add_loop("dispatcher", dispatcher.run)
     worker.add_loop("relay", relay_loop)
+    attach_to_worker(worker, settings, "dispatcher")
+    if settings.consul_http_addr:  # DISPATCH_INTERVAL follows Consul KV while running
+        live = LiveSettings(
+            settings,
+            {"dispatch_interval": lambda seconds: setattr(dispatcher, "interval", seconds)},
+            env=os.environ,
+        )
+        worker.add_loop("consul-settings", live.run)
     try:
         return worker.run()
     finally:

@@ -10,6 +10,7 @@ the step does not apply); the dispatcher, the message handlers and the use cases
     scheduled --(claimed_for_sending: due, claimed, job handed to the outbox)--> sending
     sending   --(record_outcome: email.sent)--> sent
     sending   --(record_outcome: email.failed)--> failed
+    failed    --(record_outcome: email.sent of that same job, replayed from parking)--> sent
     scheduled --(cancelled: event deleted)--> cancelled
     scheduled --(reminder_changes: PATCH, follow_event: event updated)--> scheduled
 
@@ -464,8 +465,17 @@ def record_outcome(
     """sending -> sent / failed: the changes the outcome of the job of the reminder's
     ``sending`` version ``version`` makes, or None when it does not apply (the reminder is
     gone, the outcome already recorded, or it is for another version). ``reported_at`` (the
-    outcome message's time) stands in for a ``sent_at`` that is not a time."""
-    if current is None or current["status"] != SENDING or current["version"] != version:
+    outcome message's time) stands in for a ``sent_at`` that is not a time.
+
+    A job refused for good is parked; replayed once the cause is fixed (``invoke parked
+    --replay``), its ``email.sent`` comes after its ``email.failed``: failed -> sent, for the
+    job that failed only (the failed write bumped the version by one)."""
+    if current is None:
+        return None
+    if current["status"] == FAILED and isinstance(outcome, EmailSent):
+        if current["version"] != version + 1:
+            return None
+    elif current["status"] != SENDING or current["version"] != version:
         return None
     changes: dict[str, Any] = {"attempts": outcome.attempts, "updated_at": format_time(now)}
     if isinstance(outcome, EmailSent):

@@ -17,6 +17,12 @@ Choices where API.md is silent:
   it (its outcome is then ignored).
 - 503 (with ``Retry-After``) when the users or events service cannot be asked; nothing is
   stored then.
+- A reminder created while its event's ``event.deleted`` is being handled (the events service
+  still answered with the event) is cancelled all the same: after the insert, the event's
+  tombstone is read (see :mod:`services.notifications.consumers`). Found: the reminder is
+  cancelled here (no email: the caller is answered) and the answer is 422, as for an unknown
+  event. Not found yet: the consumer's scan, which comes after its tombstone, finds the
+  reminder and cancels it, telling the owner by email.
 """
 
 from __future__ import annotations
@@ -99,6 +105,10 @@ class Reminders:
             request_id=caller.request_id,
         )
         stored = self.store.insert(doc)
+        # After the insert, never before: see the module docstring.
+        if self.store.tombstone_of(event_id) is not None:
+            self._withdraw(stored)
+            raise Invalid("no such event", "event_id")
         log.info(
             "reminder %s set for %s",
             stored["id"],
@@ -161,6 +171,20 @@ class Reminders:
         claim on it then finds nothing to mark and sends nothing; a ``sending`` reminder's job
         is already with the email-sender and may still be delivered."""
         self.store.delete(self.get(caller, reminder_id)["id"])
+
+    def _withdraw(self, stored: dict[str, Any]) -> None:
+        """Cancel a reminder just inserted for an event found deleted (unless the
+        ``event.deleted`` consumer already did)."""
+
+        def decide(doc: dict[str, Any] | None) -> Decision:
+            changes = domain.cancelled(doc, now=self.clock())
+            return None if changes is None else (changes, ())
+
+        self.store.change(stored["id"], decide, current=stored)
+        log.info(
+            "reminder withdrawn: its event was deleted meanwhile",
+            extra={"notification_id": stored["id"], "event_id": stored["event_id"]},
+        )
 
     def _event(self, event_id: str, caller: Caller) -> dict[str, Any]:
         try:

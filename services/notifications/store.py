@@ -1,8 +1,12 @@
 """The notifications service's repository over the storage port: :class:`NotificationsStore`.
 
-One collection, ``notifications``. Indexes: ``(status, send_at)`` for the dispatcher's "due"
-claims, ``(owner, send_at)`` for a user's list, ``(event_id,)`` for reactions to event changes.
-Documents are described in :mod:`services.notifications.domain`.
+Two collections. ``notifications``: indexes ``(status, send_at)`` for the dispatcher's "due"
+claims, ``(owner, send_at)`` for a user's list, ``(event_id,)`` for reactions to event changes;
+documents are described in :mod:`services.notifications.domain`. ``event_tombstones``: one
+``{id: <event id>, deleted_at}`` per deleted event, recorded by the ``event.deleted`` consumer
+before it cancels and read by whoever creates or sends a reminder afterwards, so a reminder
+made in the instant after its event's deletion was handled is cancelled all the same (see
+:mod:`services.notifications.consumers`). Event ids are never reused, so tombstones are kept.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any
 
 from eventpost.storage import (
     CollectionSpec,
+    DuplicateKey,
     LazyCollection,
     NotFound,
     OutboxEvent,
@@ -28,6 +33,8 @@ NOTIFICATIONS = CollectionSpec(
     name="notifications",
     indexes=(("status", "send_at"), ("owner", "send_at"), ("event_id",)),
 )
+
+TOMBSTONES = CollectionSpec(name="event_tombstones")
 
 _SCAN_PAGE = 100
 
@@ -45,6 +52,7 @@ class NotificationsStore:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.collection = LazyCollection(store, NOTIFICATIONS)
+        self.tombstones = LazyCollection(store, TOMBSTONES)
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -102,7 +110,19 @@ class NotificationsStore:
         items = self.collection.find(query).items
         return items[0] if items else None
 
+    def tombstone_of(self, event_id: str) -> dict[str, Any] | None:
+        """The tombstone of a deleted event (``{id, deleted_at}``), or None."""
+        return self.tombstones.get(event_id)
+
     # -- writes -----------------------------------------------------------------------------
+
+    def record_tombstone(self, event_id: str, deleted_at: str) -> bool:
+        """Remember that the event is deleted; False when it already was (idempotent)."""
+        try:
+            self.tombstones.insert({"id": event_id, "deleted_at": deleted_at})
+        except DuplicateKey:
+            return False
+        return True
 
     def insert(self, doc: Mapping[str, Any]) -> dict[str, Any]:
         """Store a new reminder; returns it as stored (with its version)."""

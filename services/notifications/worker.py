@@ -21,6 +21,7 @@ import socket
 import threading
 from collections.abc import Sequence
 
+from eventpost.consul import attach_to_worker
 from eventpost.contracts import SUBSCRIPTIONS
 from eventpost.logs import configure_logging
 from eventpost.messaging import EXCHANGE, Consumer, Envelope, OutboxRelay, Publisher, Worker
@@ -59,6 +60,7 @@ def build_worker(
             exchange=exchange,
             connection_name=f"eventpost-{name}:relay",
             subscriptions=SUBSCRIPTIONS if exchange == EXCHANGE else None,
+            queue_type=settings.amqp_queue_type,
         )
         try:
             # an email job waits for the email-sender's queue: never dropped as unroutable
@@ -80,6 +82,7 @@ def build_worker(
                 prefetch=20,
                 on_exhausted=_on_exhausted,
                 exchange=exchange,
+                queue_type=settings.amqp_queue_type,
             )
         )
     return worker
@@ -103,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             queue_prefix=args.queue_prefix,
             relay_lease=args.relay_lease,
         )
+        attach_to_worker(worker, settings, "notifications-worker")
         return worker.run()
     finally:
         store.close()

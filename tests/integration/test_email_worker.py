@@ -140,7 +140,7 @@ def test_421_twice_then_accepted_is_delivered_once_after_growing_delays(broker: 
     assert parked(broker, wired.consumer.queue) == []
 
 
-def test_550_is_not_retried_and_reported_failed_with_the_reply(broker: Broker, tmp_path):
+def test_550_is_not_retried_parked_and_reported_failed_with_the_reply(broker: Broker, tmp_path):
     handler = ScriptedHandler(["550 5.1.1 <nobody@example.com>: Recipient unknown"])
     with smtp_server(handler) as server:
         wired = wire(broker, tmp_path, server.port)
@@ -162,7 +162,9 @@ def test_550_is_not_retried_and_reported_failed_with_the_reply(broker: Broker, t
     assert failed["correlation"] == job.payload["correlation"]
     assert outcomes[0].id == outcomes[1].id  # the same outcome, recognisably
     assert broker.depth(wired.consumer.queue) == 0
-    assert parked(broker, wired.consumer.queue) == []
+    # Parked once (to be replayed when fixed); the copy was only reported again.
+    [kept] = parked(broker, wired.consumer.queue)
+    assert kept["id"] == job.id
 
 
 @pytest.mark.slow

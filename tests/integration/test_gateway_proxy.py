@@ -382,3 +382,28 @@ def test_round_robin_over_instances_and_connect_failures_move_on(fakes):
             none = call(url, "GET", "/v1/events")
             assert none.status == 503
             assert none.json["status"] == 503
+
+
+def test_a_dead_instance_leaves_the_rotation_until_its_cooldown_ends(fakes, caplog):
+    clock = ManualClock()
+    live_url = f"http://127.0.0.1:{fakes.ports()['events']}"
+    dead_url = f"http://127.0.0.1:{closed_port()}"
+    urls = {name: [f"http://127.0.0.1:{port}"] for name, port in fakes.ports().items()}
+    discovery = ListedDiscovery({**urls, "events": [dead_url, live_url]})
+    policy = UpstreamPolicy(instance_cooldown=5.0)
+    caplog.set_level(logging.WARNING, logger="gateway.upstreams")
+
+    def tries_at_dead() -> int:
+        return sum(1 for r in caplog.records if f"cannot connect to {dead_url}" in r.getMessage())
+
+    with running_gateway(fakes, discovery=discovery, clock=clock, policies={"events": policy}) as (
+        url,
+        _,
+    ):
+        answers = [call(url, "GET", "/v1/events") for _ in range(10)]
+        assert [a.status for a in answers] == [200] * 10
+        assert tries_at_dead() == 1  # one failed connect, then the live one took every request
+        assert len(fakes.events.seen) == 10
+        clock.advance(5.0)  # cooldown over: one trial goes to the dead one (and fails over)
+        assert [call(url, "GET", "/v1/events").status for _ in range(5)] == [200] * 5
+        assert tries_at_dead() == 2

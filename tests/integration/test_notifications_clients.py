@@ -107,3 +107,34 @@ def test_upstream_errors_timeouts_and_outages_are_503(upstream):
     down = HttpUpstreams(At("http://127.0.0.1:9"), timeout=0.3)
     with pytest.raises(Unavailable):
         down.get_me("Bearer good", request_id=None)
+
+
+class Listed(Discovery):
+    def __init__(self, *urls: str) -> None:
+        self.urls = list(urls)
+
+    def instances(self, service: str) -> list[str]:
+        return list(self.urls)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_an_instance_that_cannot_be_reached_is_skipped_for_the_next_one(upstream):
+    dead = f"http://127.0.0.1:{_closed_port()}"
+    client = HttpUpstreams(Listed(dead, upstream))
+    # Whichever comes first in the rotation, every call is answered.
+    for _ in range(4):
+        assert client.get_event("ev1", request_id=None)["id"] == "ev1"
+    assert len(Upstream.seen) == 4
+    # A slow instance is not retried elsewhere (a second wait would double the delay).
+    other_name = upstream.replace("127.0.0.1", "localhost")  # the same server, another URL
+    slow = HttpUpstreams(Listed(upstream, other_name), timeout=0.3)
+    with pytest.raises(Unavailable):
+        slow.get_event("slow", request_id=None)
+    assert sum(1 for s in Upstream.seen if s["path"] == "/v1/events/slow") == 1

@@ -211,7 +211,8 @@ def test_a_sent_email_is_reported_as_exactly_email_sent(tmp_path):
 def test_a_refused_email_is_reported_as_exactly_email_failed(tmp_path):
     sender, mailer, outcomes = wired(tmp_path)
     mailer.error = PermanentMailError("550 5.1.1 no such user", 550)
-    sender.handle(delivered(REMINDER))
+    with pytest.raises(PermanentError):  # so the consumer parks it, to be replayed
+        sender.handle(delivered(REMINDER))
     sender.close()
     [outcome] = outcomes
     failed = exact(EmailFailed, outcome)

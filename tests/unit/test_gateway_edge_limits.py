@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import pytest
+from gunicorn import config as gunicorn_config
 
 from eventpost.settings import Settings
 from gateway.edge_http import EdgeHttpProtocol, EdgeLimits, edge_protocol
 
 
-def test_defaults():
+def test_defaults_let_through_only_what_the_services_gunicorn_takes():
     limits = EdgeLimits.from_settings(Settings.from_env("gateway", {}))
     assert limits == EdgeLimits()
-    assert limits.max_url_bytes < 4094  # gunicorn's limit_request_line
-    assert limits.max_field_bytes < 8190  # gunicorn's limit_request_field_size
+    gunicorn = gunicorn_config.Config()  # the services run with gunicorn's defaults
+    # the request line the gateway forwards: method, target, version
+    assert len("OPTIONS  HTTP/1.1") + limits.max_url_bytes < gunicorn.limit_request_line
+    assert limits.max_field_bytes < gunicorn.limit_request_field_size
+    assert limits.max_headers <= gunicorn.limit_request_fields
 
 
 def test_each_limit_is_a_variable():

@@ -113,9 +113,17 @@ def test_email_failed_records_the_error(store, clock, handlers):
         4,
         "550 mailbox unavailable",
     )
-    # a late "sent" for the same job does not overwrite the recorded outcome
-    deliver(handlers.on_email_outcome, "email.sent", sent("n1", version))
+    # a "failed" again changes nothing; a "sent" of another job neither
+    deliver(handlers.on_email_outcome, "email.failed", outcome("n1", version, error="again"))
+    deliver(handlers.on_email_outcome, "email.sent", sent("n1", version - 1))
+    assert NotificationsStore(store).collection.get("n1")["last_error"] == "550 mailbox unavailable"
     assert NotificationsStore(store).collection.get("n1")["status"] == "failed"
+    # the same job replayed from the parking queue once fixed, and sent: the reminder is sent
+    deliver(handlers.on_email_outcome, "email.sent", sent("n1", version))
+    doc = NotificationsStore(store).collection.get("n1")
+    assert (doc["status"], doc["last_error"]) == ("sent", None)
+    deliver(handlers.on_email_outcome, "email.sent", sent("n1", version))  # redelivery
+    assert NotificationsStore(store).collection.get("n1") == doc
 
 
 def test_outcomes_of_other_versions_or_jobs_are_ignored(store, clock, handlers):
