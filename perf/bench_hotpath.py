@@ -276,7 +276,10 @@ def start(args: argparse.Namespace, workdir: Path, mint: TokenMint) -> tuple[Sui
         **os.environ,
         "USERS_PORT": other_port,
         "NOTIFICATIONS_PORT": other_port,
+        # Every wrk connection comes from one address and one admin: no rate limit.
         "GATEWAY_RATE_LIMIT": "0",
+        "GATEWAY_USER_RATE_LIMIT": "0",
+        "GATEWAY_ADMIN_RATE_LIMIT": "0",
         "LOG_LEVEL": "INFO",
     }
     env.pop("CONSUL_HTTP_ADDR", None)
