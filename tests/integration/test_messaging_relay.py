@@ -244,7 +244,11 @@ def test_a_broker_outage_parks_nothing(broker: Broker, tmp_path: Path, caplog):
             )
             proxy.up()
             wait_until(lambda: broker.depth(sink) == 4, what="the events after the outage")
-    assert received_ids(broker, sink) == [e.id for e in (before, *during)]
+    # Each exactly once. Not necessarily in order: a publish that fails while the broker is
+    # coming back in a way pika does not report as a lost connection is skipped uncounted
+    # (so a poison event at the head can never block the others) and goes out after its
+    # lease, behind the events after it. Order across a clean restart: the test above.
+    assert sorted(received_ids(broker, sink)) == sorted(e.id for e in (before, *during))
     assert store.outbox_parked() == []
     assert store.outbox_pending() == 0
     store.close()
