@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from invoke import Context
+from invoke import Config, Context
 
 from devtools.launcher import free_port
 
@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.rabbitmq, pytest.mark.timeout(900)]
 
 
 def test_bzt_runs_the_events_load_test_on_a_running_suite(tmp_path):
-    ensure_perf_tools(Context())
+    ensure_perf_tools(Context(Config(overrides={"run": {"in_stream": False}})))
     url = f"http://127.0.0.1:{free_port()}"
     with suite_at(url, tmp_path, lambda line: None) as target:
         admin = ensure_admin(target)

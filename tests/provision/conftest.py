@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from invoke import Context
+from invoke import Config, Context
 
 from tasks.aws import ANSIBLE_CFG, ansible_bin, ensure_ansible
 from tasks.core import ROOT
@@ -26,7 +26,7 @@ PASSWORD = "the vault password of the tests"
 @pytest.fixture(scope="session")
 def ansible() -> Path:
     """The pinned Ansible, installed into .venv by the same code `invoke runAWS` uses."""
-    ensure_ansible(Context())
+    ensure_ansible(Context(Config(overrides={"run": {"in_stream": False}})))
     return ansible_bin("ansible-playbook")
 
 
