@@ -306,61 +306,84 @@ def sign_up_and_create_event(net: Net, client: httpx.Client) -> str:
     return event_id
 
 
+@dataclass
+class Outage:
+    """What happened around host B's link going down: the traffic and each events
+    instance's GETs answered (its own /metrics) at the moments that matter."""
+
+    samples: list[Sample]
+    down: float  # B's link went down
+    removed: float  # Consul's check of B's events failed: only C's is passing
+    served: dict[str, int]
+
+    def windows(self) -> dict[str, list[Sample]]:
+        """Requests answered before the cut; in flight or started between the cut and the
+        failed check (the transition window); started after the check failed."""
+        return {
+            "before": [s for s in self.samples if s.ended < self.down],
+            "window": [
+                s for s in self.samples if s.ended >= self.down and s.started < self.removed
+            ],
+            "after": [s for s in self.samples if s.started >= self.removed],
+        }
+
+
+def drop_host_b(net: Net, urls: dict[str, str], paths: list[str]) -> Outage:
+    """Continuous GETs through the gateway while B's link goes down, then B's link back up
+    (the traffic stopped first: the counts stay those of the outage)."""
+    b = net.hosts["b"]
+    events_b, events_c = urls["events-b"], urls["events-c"]
+    counts: dict[str, int] = {}
+    with Traffic(urls["gateway"], paths) as traffic:
+        counts["b_start"], counts["c_start"] = served(events_b), served(events_c)
+        until(lambda: traffic.count() >= 200, 60, "traffic before the cut")
+        counts["b_cut"] = served(events_b)
+        down = time.monotonic()
+        b.link_down()
+        only_c = [events_c.removeprefix("http://")]
+        until(lambda: net.consul.passing("events") == only_c, 30, "B's events critical")
+        counts["c_removed"] = served(events_c)  # before ``removed``: later requests count after
+        removed = time.monotonic()
+        seen = traffic.count()
+        until(lambda: traffic.count() >= seen + 300, 60, "traffic after the cut")
+    counts["c_end"] = served(events_c)
+    b.link_up()
+    both = sorted(u.removeprefix("http://") for u in (events_b, events_c))
+    until(lambda: net.consul.passing("events") == both, 60, "B's events passing again")
+    counts["b_back"] = served(events_b)
+    with httpx.Client(base_url=urls["gateway"], timeout=30) as client:
+        for _ in range(40):
+            assert client.get(paths[0]).status_code == 200
+    counts["b_again"] = served(events_b)
+    return Outage(list(traffic.samples), down, removed, counts)
+
+
 @pytest.mark.timeout(600)
 def test_a_host_drops_off_and_the_remaining_hosts_take_over(net):
     begun = time.monotonic()
-    b, c = net.hosts["b"], net.hosts["c"]
     urls = start_suite(net)
     check_registrations(net, urls)
     with httpx.Client(base_url=urls["gateway"], timeout=30) as client:
         event_id = sign_up_and_create_event(net, client)
-    events_b, events_c = urls["events-b"], urls["events-c"]
-    address_c = events_c.removeprefix("http://")
-    paths = [f"/v1/events/{event_id}", "/v1/events?limit=5"]
 
-    with Traffic(urls["gateway"], paths) as traffic:
-        b_before, c_before = served(events_b), served(events_c)
-        until(lambda: traffic.count() >= 200, 60, "traffic before the cut")
-        b_warm = served(events_b)
-        down = time.monotonic()
-        b.link_down()
-        until(lambda: net.consul.passing("events") == [address_c], 30, "B's events critical")
-        c_removed = served(events_c)  # before ``removed``: every later request counts after
-        removed = time.monotonic()
-        seen = traffic.count()
-        until(lambda: traffic.count() >= seen + 300, 60, "traffic after the cut")
-    up_at = time.monotonic()
-    c_after = served(events_c)
-    samples = list(traffic.samples)
-    b.link_up()
-    until(lambda: sorted(net.consul.passing("events")) == sorted(
-        u.removeprefix("http://") for u in (events_b, events_c)), 60, "B's events passing again")
-    b_back = served(events_b)
-    with httpx.Client(base_url=urls["gateway"], timeout=30) as client:
-        for _ in range(40):
-            assert client.get(paths[0]).status_code == 200
-    b_again = served(events_b)
+    outage = drop_host_b(net, urls, [f"/v1/events/{event_id}", "/v1/events?limit=5"])
 
-    before = [s for s in samples if s.ended < down]
-    window = [s for s in samples if s.ended >= down and s.started < removed]
-    after = [s for s in samples if s.started >= removed]
-    errors = {
-        k: sum(1 for s in group if s.status != 200)
-        for k, group in (("before", before), ("window", window), ("after", after))
-    }
+    windows = outage.windows()
+    errors = {k: sum(1 for s in group if s.status != 200) for k, group in windows.items()}
+    n = outage.served
     print(
-        f"\nmulti-host: requests before the cut {len(before)} (errors {errors['before']}), "
-        f"in the transition window {len(window)} (errors {errors['window']}), "
-        f"after B's events left the passing list {len(after)} (errors {errors['after']}); "
-        f"check failed {removed - down:.2f} s after the cut; "
-        f"B served {b_warm - b_before} before the cut, C {c_removed - c_before}; "
-        f"C served {c_after - c_removed} after; B served {b_again - b_back} once back; "
-        f"test {time.monotonic() - begun:.0f} s"
+        f"\nmulti-host: requests before the cut {len(windows['before'])} "
+        f"(errors {errors['before']}), in the transition window {len(windows['window'])} "
+        f"(errors {errors['window']}), after B's events left the passing list "
+        f"{len(windows['after'])} (errors {errors['after']}); check failed "
+        f"{outage.removed - outage.down:.2f} s after the cut; before the cut B answered "
+        f"{n['b_cut'] - n['b_start']}, C {n['c_removed'] - n['c_start']} (C: to the failed "
+        f"check); after it C answered {n['c_end'] - n['c_removed']}; B back: "
+        f"{n['b_again'] - n['b_back']} of 40; {time.monotonic() - begun:.0f} s"
     )
     assert errors["before"] == 0
-    assert b_warm > b_before  # both hosts' events instances had their share before the cut
-    assert len(after) >= 300
+    assert n["b_cut"] > n["b_start"]  # both hosts' events instances had a share before
+    assert len(windows["after"]) >= 300
     assert errors["after"] == 0
-    assert c_after - c_removed >= len(after)  # C's instance answered every one of them
-    assert up_at > removed
-    assert b_again > b_back  # back in the rotation once passing again
+    assert n["c_end"] - n["c_removed"] >= len(windows["after"])  # all answered by C's
+    assert n["b_again"] > n["b_back"]  # B's instance is back in the rotation
