@@ -358,6 +358,16 @@ def drop_host_b(net: Net, urls: dict[str, str], paths: list[str]) -> Outage:
     return Outage(list(traffic.samples), down, removed, counts)
 
 
+def kinds(samples: list[Sample]) -> dict[str, int]:
+    """The failed requests among ``samples`` by status (``none``: no answer at all)."""
+    found: dict[str, int] = {}
+    for sample in samples:
+        if sample.status != 200:
+            key = str(sample.status or "none")
+            found[key] = found.get(key, 0) + 1
+    return found
+
+
 @pytest.mark.timeout(600)
 def test_a_host_drops_off_and_the_remaining_hosts_take_over(net):
     begun = time.monotonic()
@@ -374,7 +384,8 @@ def test_a_host_drops_off_and_the_remaining_hosts_take_over(net):
     print(
         f"\nmulti-host: requests before the cut {len(windows['before'])} "
         f"(errors {errors['before']}), in the transition window {len(windows['window'])} "
-        f"(errors {errors['window']}), after B's events left the passing list "
+        f"(errors {errors['window']}: {kinds(windows['window'])}), "
+        f"after B's events left the passing list "
         f"{len(windows['after'])} (errors {errors['after']}); check failed "
         f"{outage.removed - outage.down:.2f} s after the cut; before the cut B answered "
         f"{n['b_cut'] - n['b_start']}, C {n['c_removed'] - n['c_start']} (C: to the failed "
