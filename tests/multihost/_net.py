@@ -64,15 +64,19 @@ def hosts(names: tuple[str, ...]) -> Iterator[tuple[str, dict[str, Host]]]:
     Everything made is removed afterwards, also when the body fails. Raises
     :class:`NetnsUnavailable` when the first namespace cannot be made."""
     tag = uuid.uuid4().hex[:6]
-    net = _free_subnet()
-    addresses = [str(a) for a in net.hosts()]
-    bridge, bridge_address = f"epbr{tag}", addresses[0]
+    bridge = f"epbr{tag}"
     made_ns: list[str] = []
-    first = ip("netns", "add", f"ep-mh-{tag}-{names[0]}", check=False)
+    try:
+        first = ip("netns", "add", f"ep-mh-{tag}-{names[0]}", check=False)
+    except FileNotFoundError:
+        raise NetnsUnavailable("no `ip` command (iproute2)") from None
     if first.returncode != 0:
         raise NetnsUnavailable(f"`ip netns add` failed: {first.stderr.strip()}")
     made_ns.append(f"ep-mh-{tag}-{names[0]}")
     try:
+        net = _free_subnet()
+        addresses = [str(a) for a in net.hosts()]
+        bridge_address = addresses[0]
         ip("link", "add", bridge, "type", "bridge")
         ip("addr", "add", f"{bridge_address}/{net.prefixlen}", "dev", bridge)
         ip("link", "set", bridge, "up")
