@@ -273,8 +273,8 @@ def check_registrations(net: Net, urls: dict[str, str]) -> None:
 
 
 def sign_up_and_create_event(net: Net, client: httpx.Client) -> str:
-    """A sign-up (its welcome email reaches the sink) and an event made by an admin; the
-    event's id."""
+    """A sign-up (its welcome email reaches the sink), an event made by an admin, read back,
+    and a reminder of it for the new member; the event's id."""
     name = "m" + uuid.uuid4().hex[:10]
     email = f"{name}@example.test"
     body = {"username": name, "email": email, "password": "multi host 1"}
@@ -303,6 +303,15 @@ def sign_up_and_create_event(net: Net, client: httpx.Client) -> str:
     event_id = resp.json()["id"]
     assert client.get(f"/v1/events/{event_id}").status_code == 200
     assert client.get("/v1/events").status_code == 200
+    # notifications on C checks the member's token with the users JWKS (B) and the event with
+    # events (B or C), both found through Consul
+    member = client.post("/v1/auth/token", json={"username": name, "password": "multi host 1"})
+    reminder = client.post(
+        "/v1/notifications",
+        json={"event_id": event_id, "before": "PT1H"},
+        headers={"Authorization": f"Bearer {member.json()['access_token']}"},
+    )
+    assert reminder.status_code == 201, reminder.text
     return event_id
 
 
