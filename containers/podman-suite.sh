@@ -13,8 +13,9 @@
 # the embedded SQLite store in one named volume mounted at /data in every part (a service and
 # its relay share its file), and an SMTP server on the host (SMTP_HOST/SMTP_PORT, default
 # 127.0.0.1:1025; `python -m devtools.smtp_sink` is one). The containers run on the host's
-# network: the services find each other at 127.0.0.1 (static discovery, until Consul is set),
-# and reach RabbitMQ and the SMTP server there too. Ports come from GATEWAY_PORT, USERS_PORT,
+# network: the services find each other at 127.0.0.1 (static discovery), or through the Consul
+# agent CONSUL_HTTP_ADDR names when it is set (every part registers there, with SERVICE_ADDRESS
+# and the other CONSUL_* settings passed on), and reach RabbitMQ and the SMTP server there too. Ports come from GATEWAY_PORT, USERS_PORT,
 # EVENTS_PORT and NOTIFICATIONS_PORT (defaults 8000-8003), so several runs can share a host.
 #
 # Root only, as podman here needs it; settings in containers/podman/containers.conf.
@@ -73,12 +74,24 @@ sizes() {
     done
 }
 
+consul_env() {  # the Consul settings, as --env flags, for those that are set
+    local var
+    for var in CONSUL_HTTP_ADDR CONSUL_HTTP_TOKEN SERVICE_ADDRESS CONSUL_CHECK_INTERVAL \
+        CONSUL_CHECK_TIMEOUT CONSUL_DEREGISTER_AFTER CONSUL_RESYNC_INTERVAL CONSUL_WAIT; do
+        if [[ -n "${!var:-}" ]]; then
+            printf '%s\n' --env "$var=${!var}"
+        fi
+    done
+}
+
 run_part() {  # run_part NAME IMAGE [ARG...]: one part, detached, on the host's network
     local name="$1" image="$2" err
+    local -a consul
     shift 2
+    mapfile -t consul < <(consul_env)
     err=$(mktemp)
     podman run -d --name "$PREFIX-$name" --network host --stop-timeout 15 \
-        --volume "$VOLUME:/data" \
+        --volume "$VOLUME:/data" "${consul[@]}" \
         --env AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2F}" \
         --env SMTP_HOST="${SMTP_HOST:-127.0.0.1}" --env SMTP_PORT="${SMTP_PORT:-1025}" \
         --env GATEWAY_HOST=0.0.0.0 --env GATEWAY_PORT="$GATEWAY_PORT" \

@@ -5,7 +5,13 @@ see :class:`eventpost.settings.Settings`). The options below choose what to cons
 defaults are the production ones, tests and benchmarks give their own names so they do not
 share queues with a running suite.
 
-On SIGTERM the message in hand is finished (the SMTP send is bounded by SMTP_TIMEOUT) and
+``--concurrency N`` (default 4) runs N consumers of the queue in this process, each with its
+own broker connection, handler thread and reused SMTP connection, so N emails are in flight
+at once: one email is a handful of round trips (SMTP's MAIL, RCPT, DATA; the confirmed
+``email.sent``; the ack), and a single consumer spent most of its time waiting on them.
+They share the delivery log's store.
+
+On SIGTERM each message in hand is finished (the SMTP send is bounded by SMTP_TIMEOUT) and
 settled; messages fetched ahead go back to the queue; nothing is dropped.
 """
 
@@ -14,7 +20,13 @@ from __future__ import annotations
 import argparse
 import logging
 
-from email_sender.sender import BINDINGS, QUEUE, EmailSender, make_consumer
+from email_sender.sender import (
+    BINDINGS,
+    QUEUE,
+    EmailSender,
+    delivery_store_factory,
+    make_consumer,
+)
 from eventpost.consul import attach_to_worker
 from eventpost.logs import configure_logging
 from eventpost.messaging import EXCHANGE, Worker
@@ -32,7 +44,12 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated routing keys the queue is bound to",
     )
     parser.add_argument("--exchange", default=EXCHANGE, help=f"topic exchange ({EXCHANGE})")
-    parser.add_argument("--prefetch", type=int, default=10, help="unacked messages in flight")
+    parser.add_argument(
+        "--prefetch", type=int, default=10, help="unacked messages in flight per consumer"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=4, help="consumers (emails in flight) (default 4)"
+    )
     return parser
 
 
@@ -42,15 +59,22 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env("email-sender")
     configure_logging("email-sender", settings.log_level)
     bindings = [key.strip() for key in args.bindings.split(",") if key.strip()]
-    sender = EmailSender.from_settings(settings, exchange=args.exchange)
-    consumer = make_consumer(
-        settings,
-        sender,
-        queue=args.queue,
-        bindings=bindings,
-        exchange=args.exchange,
-        prefetch=args.prefetch,
-    )
+    store_factory = delivery_store_factory(settings)
+    senders = [
+        EmailSender.from_settings(settings, exchange=args.exchange, store_factory=store_factory)
+        for _ in range(max(1, args.concurrency))
+    ]
+    worker = Worker("email-sender")
+    for index, sender in enumerate(senders):
+        consumer = make_consumer(
+            settings,
+            sender,
+            queue=args.queue,
+            bindings=bindings,
+            exchange=args.exchange,
+            prefetch=args.prefetch,
+        )
+        worker.add_consumer(consumer, name=f"consumer:{args.queue}:{index}")
     log.info(
         "email-sender starting",
         extra={
@@ -60,15 +84,15 @@ def main(argv: list[str] | None = None) -> int:
             "smtp": f"{settings.smtp_host}:{settings.smtp_port}",
             "smtp_tls": settings.smtp_tls,
             "retry_delays": list(settings.retry_delays),
+            "concurrency": len(senders),
         },
     )
-    worker = Worker("email-sender")
-    worker.add_consumer(consumer)
     attach_to_worker(worker, settings, "email-sender")
     try:
         return worker.run(stop_timeout=max(60.0, settings.smtp_timeout * 3))
     finally:
-        sender.close()
+        for sender in senders:
+            sender.close()
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ in the consumer's handler thread, the one thread that calls :meth:`~EmailSender.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -101,15 +102,18 @@ class EmailSender:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, exchange: str = EXCHANGE, max_attempts: int | None = None
+        cls,
+        settings: Settings,
+        *,
+        exchange: str = EXCHANGE,
+        max_attempts: int | None = None,
+        store_factory: Callable[[], Store] | None = None,
     ) -> EmailSender:
-        """An EmailSender for the SMTP server, store and broker of ``settings``."""
+        """An EmailSender for the SMTP server, store and broker of ``settings``
+        (``store_factory``: the delivery log's store, e.g. one shared by several senders)."""
         return cls(
             mailer=SmtpMailer.from_settings(settings),
-            # The delivery log is kept with synchronous=NORMAL on SQLite: a power cut may lose
-            # the last records (never a process crash), which at worst sends those emails once
-            # more; in exchange a delivery costs no fsync.
-            store_factory=lambda: open_store(settings, STORE_NAME, sqlite_synchronous="NORMAL"),
+            store_factory=store_factory or delivery_store_factory(settings),
             # Outcomes must reach notifications even before its worker first declared its
             # queues, or the reminder would stay `sending`: declare every subscription.
             publisher_factory=lambda: Publisher(
@@ -292,6 +296,25 @@ class EmailSender:
             # Nobody subscribes to outcomes (e.g. notifications is not deployed): the email
             # itself is done, so this is no reason to retry it.
             log.warning("no queue takes %s; outcome dropped", kind, extra={"idempotency_key": key})
+
+
+def delivery_store_factory(settings: Settings) -> Callable[[], Store]:
+    """Opens the delivery log's store once, whoever asks first (the senders of one process
+    share it: the SQLite adapter keeps a connection per thread and commits their writes
+    together)."""
+    opened: list[Store] = []
+    lock = threading.Lock()
+
+    def factory() -> Store:
+        with lock:
+            if not opened:
+                # synchronous=NORMAL on SQLite: a power cut may lose the last records (never
+                # a process crash), which at worst sends those emails once more; in exchange
+                # a delivery costs no fsync.
+                opened.append(open_store(settings, STORE_NAME, sqlite_synchronous="NORMAL"))
+            return opened[0]
+
+    return factory
 
 
 def _reason(error: BaseException) -> str:

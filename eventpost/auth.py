@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import falcon
 import jwt
+from cachetools import LRUCache
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,12 @@ class Claims:
 
 
 class KeySet:
-    """The public keys that may sign access tokens, by ``kid``; thread-safe to replace."""
+    """The public keys that may sign access tokens, by ``kid``; thread-safe to replace.
+
+    A signature check costs a few hundred microseconds and a client sends the same token for
+    minutes, so verified tokens are remembered (bounded LRU keyed by the exact token string,
+    ``memo_size``; 0 turns it off) until their ``exp``, and forgotten whenever the keys are
+    replaced, so a withdrawn key stops working at the next :meth:`update`."""
 
     def __init__(
         self,
@@ -67,12 +73,17 @@ class KeySet:
         issuer: str = ISSUER,
         audience: str = AUDIENCE,
         leeway: float = 0.0,
+        memo_size: int = 10_000,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.issuer = issuer
         self.audience = audience
         self.leeway = leeway
         self._keys: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._memo: LRUCache[str, Claims] | None = LRUCache(memo_size) if memo_size else None
+        self._wall_clock = wall_clock
+        self._generation = 0  # bumped with every update: a check begun before is not kept
         if jwks is not None:
             self.update(jwks)
 
@@ -85,9 +96,26 @@ class KeySet:
             keys[jwk["kid"]] = jwt.PyJWK.from_dict(dict(jwk), algorithm="EdDSA").key
         with self._lock:
             self._keys = keys
+            self._generation += 1
+            if self._memo is not None:
+                self._memo.clear()
 
     def verify(self, token: str) -> Claims:
         """The claims of a valid token; raises :class:`InvalidToken` / :class:`UnknownKey`."""
+        if self._memo is None:
+            return self._verify(token)
+        with self._lock:
+            known = self._memo.get(token)
+            generation = self._generation
+        if known is not None and known.exp > self._wall_clock():
+            return known
+        claims = self._verify(token)
+        with self._lock:
+            if generation == self._generation:
+                self._memo[token] = claims
+        return claims
+
+    def _verify(self, token: str) -> Claims:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from eventpost.web.edge import LabelledChildren
 from gateway.upstreams import BreakerState
 
 
@@ -45,6 +46,11 @@ class GatewayMetrics:
             ["upstream"],
             registry=registry,
         )
+        # Children looked up once per label values (see LabelledChildren).
+        self.requests_of = LabelledChildren(self.requests)
+        self.request_latency_of = LabelledChildren(self.request_latency)
+        self._upstream_latency = LabelledChildren(self.upstream_latency)
+        self._circuit_open = LabelledChildren(self.circuit_open)
 
         self.rate_limited = Counter(
             "gateway_rate_limited_total",
@@ -72,8 +78,8 @@ class GatewayMetrics:
 
     def observe_upstream(self, upstream: str, seconds: float) -> None:
         """An upstream answered in ``seconds``."""
-        self.upstream_latency.labels(upstream).observe(seconds)
+        self._upstream_latency(upstream).observe(seconds)
 
     def observe_breaker(self, upstream: str, state: BreakerState) -> None:
         """The circuit breaker of ``upstream`` is in ``state`` now."""
-        self.circuit_open.labels(upstream).set(0 if state is BreakerState.CLOSED else 1)
+        self._circuit_open(upstream).set(0 if state is BreakerState.CLOSED else 1)

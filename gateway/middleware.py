@@ -48,8 +48,8 @@ class GatewayEdge(RequestEdge):
     def record(self, req: falcon.Request, resp: falcon.Response, elapsed: float) -> int | None:
         ctx = req.context
         route = ctx.get("route") or req.uri_template or "unmatched"
-        self.metrics.requests.labels(route, req.method, str(resp.status_code)).inc()
-        self.metrics.request_latency.labels(route).observe(elapsed)
+        self.metrics.requests_of(route, req.method, str(resp.status_code)).inc()
+        self.metrics.request_latency_of(route).observe(elapsed)
         upstream_seconds = ctx.get("upstream_seconds")
         if upstream_seconds is not None:
             self.metrics.overhead.observe(max(0.0, elapsed - upstream_seconds))

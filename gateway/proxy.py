@@ -58,6 +58,9 @@ RELAY_RESPONSE_HEADERS = (
     "WWW-Authenticate",
 )
 PREFLIGHT_ALLOW = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+# The same, as the hot path looks them up: ASGI header names are lower-case bytes.
+_FORWARD_BY_RAW_NAME = {name.lower().encode("latin-1"): name for name in FORWARD_REQUEST_HEADERS}
+_RELAYED = frozenset(name.lower() for name in RELAY_RESPONSE_HEADERS)
 
 
 def _raw_path(req: falcon.asgi.Request) -> str:
@@ -133,13 +136,16 @@ class Proxy:
         req.context.upstream_seconds = answer.seconds
 
         resp.status = answer.status
-        for name in RELAY_RESPONSE_HEADERS:
-            values = answer.headers.getall(name, ())
-            if len(values) == 1:
-                resp.set_header(name, values[0])
-            elif values:
-                for value in values:
-                    resp.append_header(name, value)
+        relayed: set[str] = set()
+        for name, value in answer.headers.items():  # one pass over what the upstream sent
+            key = name.lower()
+            if key not in _RELAYED:
+                continue
+            if key in relayed:
+                resp.append_header(name, value)
+            else:
+                resp.set_header(name, value)
+                relayed.add(key)
         if answer.body:
             resp.data = answer.body
 
@@ -168,15 +174,20 @@ class Proxy:
             await charge(self.policy, self.metrics, req, limit_class, "sub:" + claims.sub)
 
     def _forward_headers(self, req: falcon.asgi.Request) -> dict[str, str]:
-        headers = {}
-        for name in FORWARD_REQUEST_HEADERS:
-            value = req.get_header(name)
-            if value is not None:
-                headers[name] = value
+        # One pass over the raw ASGI headers (a get_header per name costs a lookup each);
+        # repeated headers are joined with "," as Falcon's get_header joins them.
+        headers: dict[str, str] = {}
+        host = None
+        for raw_name, raw_value in req.scope["headers"]:
+            name = _FORWARD_BY_RAW_NAME.get(raw_name)
+            if name is not None:
+                value = raw_value.decode("latin-1")
+                headers[name] = f"{headers[name]},{value}" if name in headers else value
+            elif raw_name == b"host":
+                host = raw_value.decode("latin-1")
         headers[REQUEST_ID_HEADER] = req.context.request_id
         headers["X-Forwarded-For"] = peer_address(req)
         headers["X-Forwarded-Proto"] = req.scheme
-        host = req.get_header("Host")
         if host:
             headers["X-Forwarded-Host"] = host
         return headers

@@ -1,5 +1,9 @@
 """Email-sender throughput: emails per second from RabbitMQ into a local aiosmtpd sink.
 
+The yardstick, measured before and after in the same run: plain smtplib on one connection,
+building each message (the same reminder email) into the same kind of sink; the ratio of each
+run to it is printed (the goal: >= 0.5).
+
 For each worker count (default 1, then 2): N ``email.send`` jobs (reminder template, with a
 correlation, so each also publishes ``email.sent``) are queued first on a private exchange
 and queue (the consumer's own topology), then that many ``python -m email_sender`` processes
@@ -76,7 +80,51 @@ def job(run: str, i: int) -> Envelope:
     )
 
 
-def run_once(amqp_url: str, n: int, workers: int, prefetch: int, log_level: str) -> dict:
+def plain_client(port: int, n: int) -> None:
+    """``--plain-client PORT N``: plain smtplib on one connection, building each message
+    (the same reminder email, made by email_sender.compose) and sending it to PORT."""
+    import smtplib
+    from datetime import UTC, datetime
+
+    from email_sender.compose import build_email
+    from email_sender.jobs import job_from_message
+
+    run = uuid.uuid4().hex[:8]
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="bench") as smtp:
+        for i in range(n):
+            envelope = job(run, i)
+            msg = build_email(
+                job_from_message(envelope.type, envelope.payload),
+                mail_from="EventPost <noreply@eventpost.test>",
+                now=datetime.now(UTC),
+            )
+            smtp.send_message(msg)
+
+
+def plain_smtplib(n: int) -> dict:
+    """The yardstick: :func:`plain_client` in a process of its own (as the email-sender
+    runs), into the same kind of sink, timed the same way (first to last message stored)."""
+    with tempfile.TemporaryDirectory(prefix="bench-smtplib-") as tmp:
+        handler = TimedSink(Path(tmp) / "mail")
+        sink = SmtpSink(Path(tmp) / "mail", handler=handler).start()
+        try:
+            argv = [sys.executable, __file__, "--plain-client", str(sink.port), "--n", str(n)]
+            subprocess.run(argv, cwd=ROOT, check=True, timeout=600)
+            deadline = time.monotonic() + 60
+            while len(handler.times) < n and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            sink.stop()
+    first, last = handler.times[0], handler.times[-1]
+    return {
+        "emails": len(handler.times),
+        "emails_per_second": round((len(handler.times) - 1) / (last - first), 1),
+    }
+
+
+def run_once(
+    amqp_url: str, n: int, workers: int, prefetch: int, log_level: str, concurrency: int = 4
+) -> dict:
     run = uuid.uuid4().hex[:8]
     exchange, queue, outcomes = f"bench-email-{run}", f"bench-email-{run}", f"bench-out-{run}"
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
@@ -107,6 +155,7 @@ def run_once(amqp_url: str, n: int, workers: int, prefetch: int, log_level: str)
             }
             argv = [sys.executable, "-m", "email_sender", "--queue", queue]
             argv += ["--exchange", exchange, "--prefetch", str(prefetch)]
+            argv += ["--concurrency", str(concurrency)]
             launched = time.monotonic()
             for w in range(workers):
                 log = open(tmp_path / f"worker{w}.log", "wb")  # noqa: SIM115
@@ -141,6 +190,7 @@ def run_once(amqp_url: str, n: int, workers: int, prefetch: int, log_level: str)
             conn.close()
     return {
         "workers": workers,
+        "concurrency": concurrency,
         "emails": n,
         "emails_per_second": round((n - 1) / (last - first), 1),
         "drain_seconds": round(last - first, 3),
@@ -153,21 +203,49 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=2000, help="jobs per run (default 2000)")
     parser.add_argument("--workers", default="1,2", help="worker counts to run (default 1,2)")
+    parser.add_argument(
+        "--concurrency",
+        default="1,4",
+        help="consumers per worker to run each worker count with (default 1,4: 1 is how the "
+        "email-sender ran before --concurrency, 4 its default)",
+    )
     parser.add_argument("--prefetch", type=int, default=20, help="consumer prefetch (20)")
     parser.add_argument("--log-level", default="INFO", help="workers' LOG_LEVEL (INFO)")
+    parser.add_argument("--plain-client", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.plain_client:
+        plain_client(args.plain_client, args.n)
+        return
     amqp_url = Settings.from_env().amqp_url
     results = []
+    # The yardstick first and last: the machine is shared, its load moves.
+    yardstick = [plain_smtplib(args.n)]
+    print(f"plain smtplib  {yardstick[0]['emails_per_second']:>7.1f} emails/s", flush=True)
+    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     for workers in [int(w) for w in args.workers.split(",") if w.strip()]:
-        result = run_once(amqp_url, args.n, workers, args.prefetch, args.log_level)
-        results.append(result)
+        for concurrency in levels:
+            results.append(
+                run_once(amqp_url, args.n, workers, args.prefetch, args.log_level, concurrency)
+            )
+            result = results[-1]
+            print(
+                f"workers={result['workers']} concurrency={concurrency}  "
+                f"emails={result['emails']}  "
+                f"{result['emails_per_second']:>7.1f} emails/s  "
+                f"(drain {result['drain_seconds']} s, "
+                f"with start-up {result['wall_seconds_with_startup']} s; "
+                f"publishing the jobs took {result['publish_seconds']} s)",
+                flush=True,
+            )
+    yardstick.append(plain_smtplib(args.n))
+    print(f"plain smtplib  {yardstick[1]['emails_per_second']:>7.1f} emails/s", flush=True)
+    plain = sum(y["emails_per_second"] for y in yardstick) / len(yardstick)
+    for result in results:
+        result["ratio_to_plain_smtplib"] = round(result["emails_per_second"] / plain, 3)
         print(
-            f"workers={result['workers']}  emails={result['emails']}  "
-            f"{result['emails_per_second']:>7.1f} emails/s  "
-            f"(drain {result['drain_seconds']} s, "
-            f"with start-up {result['wall_seconds_with_startup']} s; "
-            f"publishing the jobs took {result['publish_seconds']} s)",
-            flush=True,
+            f"workers={result['workers']} concurrency={result['concurrency']}: "
+            f"{result['ratio_to_plain_smtplib']:.3f} of plain "
+            f"smtplib ({'PASS' if result['ratio_to_plain_smtplib'] >= 0.5 else 'FAIL'} >= 0.5)"
         )
     summary = {
         "benchmark": "email-sender: RabbitMQ -> python -m email_sender -> aiosmtpd file sink",
@@ -180,6 +258,7 @@ def main() -> None:
         },
         "prefetch": args.prefetch,
         "log_level": args.log_level,
+        "plain_smtplib": yardstick,
         "results": results,
     }
     out = ROOT / "perf" / "results"

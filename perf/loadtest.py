@@ -258,49 +258,32 @@ def new_run_dir(out: Path, name: str) -> Path:
 # -- main ------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="events")
-    parser.add_argument("--users", type=int, default=10)
-    parser.add_argument("--duration", type=int, default=30, help="seconds")
-    parser.add_argument("--url", default="", help="the gateway (default 127.0.0.1:GATEWAY_PORT)")
-    parser.add_argument("--hello-duration", type=int, default=0, help="default: min(dur, 20)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    url = (args.url or f"http://127.0.0.1:{os.environ.get('GATEWAY_PORT', '8000')}").rstrip("/")
-    run_dir = new_run_dir(args.out, f"loadtest-{args.scenario}-{args.users}u")
+def one_run(target: Target, env: dict, args: argparse.Namespace, users: int, say) -> dict:
+    """The scenario at ``users``, then the hello at the same users (while the suite idles, so
+    both see the machine as it is now); the summary, with report.html and summary.json."""
+    run_dir = new_run_dir(args.out, f"loadtest-{args.scenario}-{users}u")
     stamp = run_dir.name.rsplit("-", 2)[-2] + "-" + run_dir.name.rsplit("-", 1)[-1]
-
-    def say(line: str) -> None:
-        print(line, flush=True)
-
-    with suite_at(url, run_dir, say) as target:
-        admin = ensure_admin(target)
-        ensure_events(target, admin, say)
-        env = {
-            **target.env,
-            "EVENTPOST_ADMIN_USERNAME": admin[0],
-            "EVENTPOST_ADMIN_PASSWORD": admin[1],
-        }
-        say(f"Load test '{args.scenario}' at {url}: {args.users} users for {args.duration} s")
-        samples = run_locust(
-            args.scenario, SCENARIOS[args.scenario], url, args.users, args.duration, run_dir, env
-        )
+    load_before = os.getloadavg()[0]
+    say(f"Load test '{args.scenario}' at {target.url}: {users} users for {args.duration} s")
+    files = SCENARIOS[args.scenario]
+    samples = run_locust(args.scenario, files, target.url, users, args.duration, run_dir, env)
     hello_duration = args.hello_duration or min(args.duration, 20)
-    say(f"Yardstick: bare Falcon ASGI hello, {args.users} users for {hello_duration} s")
+    say(f"Yardstick: bare Falcon ASGI hello, {users} users for {hello_duration} s")
     with hello_server(run_dir) as hello_url:
         hello_samples = run_locust(
-            "hello", ["hello.py"], hello_url, args.users, hello_duration, run_dir, dict(os.environ)
+            "hello", ["hello.py"], hello_url, users, hello_duration, run_dir, dict(os.environ)
         )
     meta = {
         "scenario": args.scenario,
-        "users": args.users,
+        "users": users,
         "duration_s": args.duration,
-        "url": url,
+        "url": target.url,
         "started_at": stamp,
         "suite_started_here": target.started_here,
         "notes": target.notes,
-        "locustfiles": SCENARIOS[args.scenario],
+        "locustfiles": files,
+        # How busy the (shared) machine was: 1-minute load average before and after.
+        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
     }
     summary = analyse(samples, hello_samples, meta)
     report = write_report(run_dir, summary)
@@ -311,6 +294,57 @@ def main(argv: list[str] | None = None) -> int:
         f"hello {summary['hello']['rps']:,.0f} req/s (ratio {summary['ratio_to_hello']:.2f})"
     )
     say(f"Report: {report}\nSummary: {run_dir / 'summary.json'}")
+    return summary
+
+
+def table(summaries: list[dict]) -> str:
+    """The README's table of several runs (markdown)."""
+    lines = [
+        "| users | req/s | errors | p50 ms | p99 ms | bare hello, same client and users | ratio |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in summaries:
+        t = s["total"]
+        lines.append(
+            f"| {s['users']} | {t['rps']:,.0f} | {t['errors']:,} | {t['p50_ms']:,.0f} | "
+            f"{t['p99_ms']:,.0f} | {s['hello']['rps']:,.0f} req/s | {s['ratio_to_hello']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="events")
+    parser.add_argument("--users", default="10", help="users, or several: 10,100,200,500")
+    parser.add_argument("--duration", type=int, default=30, help="seconds")
+    parser.add_argument("--url", default="", help="the gateway (default 127.0.0.1:GATEWAY_PORT)")
+    parser.add_argument("--hello-duration", type=int, default=0, help="default: min(dur, 20)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    users = [int(u) for u in str(args.users).split(",") if u.strip()]
+    url = (args.url or f"http://127.0.0.1:{os.environ.get('GATEWAY_PORT', '8000')}").rstrip("/")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    suite_dir = (args.out / f"loadtest-{args.scenario}-suite-{stamp}").resolve()  # made if used
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    with suite_at(url, suite_dir, say) as target:
+        admin = ensure_admin(target)
+        ensure_events(target, admin, say)
+        env = {
+            **target.env,
+            "EVENTPOST_ADMIN_USERNAME": admin[0],
+            "EVENTPOST_ADMIN_PASSWORD": admin[1],
+        }
+        # One suite for every user count, as the seed ran its series against one service.
+        summaries = [one_run(target, env, args, n, say) for n in users]
+    if len(summaries) > 1:
+        markdown = table(summaries)
+        path = suite_dir / "table.md"
+        suite_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(markdown + "\n")
+        say(f"{markdown}\nTable: {path}")
     return 0
 
 

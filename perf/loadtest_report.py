@@ -256,7 +256,15 @@ def render_html(summary: dict[str, Any]) -> str:
         if errors
         else ""
     )
+    if any("429" in kinds for kinds in summary["errors"].values()):
+        error_table += (
+            "<p><b>429s: the gateway's rate limit answered, not the service.</b> One load client "
+            "sends everything from one address: run the suite with GATEWAY_RATE_LIMIT=0.</p>"
+        )
     notes = "; ".join(html.escape(n) for n in summary.get("notes", []))
+    if summary.get("load_average"):
+        before, after = summary["load_average"]
+        notes += f" &middot; machine load average {before} before, {after} after"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>EventPost load test: {html.escape(summary["scenario"])}, {summary["users"]} users</title>

@@ -23,8 +23,13 @@ def perf_requirements() -> list[str]:
 def ensure_perf_tools(c) -> None:
     """Install the ``perf`` extras into .venv unless they are there already."""
     wanted = perf_requirements()
-    check = [str(VENV_PY), "-m", "pip", "show", "-q", *(r.split("==")[0] for r in wanted)]
-    if subprocess.run(check, capture_output=True).returncode == 0:
+    pins = [tuple(r.split("==")) for r in wanted]
+    # Exits non-zero when one is missing (PackageNotFoundError) or at another version.
+    code = (
+        "import importlib.metadata as m; "
+        f"raise SystemExit(any(m.version(n) != v for n, v in {pins!r}))"
+    )
+    if subprocess.run([str(VENV_PY), "-c", code], capture_output=True).returncode == 0:
         return
     print("Installing the load-test tools into .venv: " + ", ".join(wanted), flush=True)
     c.run(shlex.join([str(VENV_PY), "-m", "pip", "install", "-q", *wanted]), pty=False)
@@ -33,13 +38,14 @@ def ensure_perf_tools(c) -> None:
 @task(
     help={
         "scenario": "events (default), notifications or suite (both services at once)",
-        "users": "concurrent users (default 10: the seed's 7 GET + 3 POST-PUT-DELETE)",
+        "users": "concurrent users (default 10: the seed's 7 GET + 3 POST-PUT-DELETE); several "
+        "(10,100,200,500): one run each on the same suite, and a table of them",
         "duration": "seconds of load (default 30)",
         "url": "the gateway (default http://127.0.0.1:GATEWAY_PORT); a suite is started "
         "there when none answers",
     }
 )
-def loadtest(c, scenario="events", users=10, duration=30, url=""):
+def loadtest(c, scenario="events", users="10", duration=30, url=""):
     """Run a seed load-test scenario through the gateway and write an HTML report with plots
     and a JSON summary under perf/results/ (with a bare Falcon hello measured alongside)."""
     ensure_installed(c)
@@ -47,7 +53,7 @@ def loadtest(c, scenario="events", users=10, duration=30, url=""):
     ensure_rabbitmq(c)
     cmd = [
         str(VENV_PY), str(ROOT / "perf" / "loadtest.py"), "--scenario", scenario,
-        "--users", str(int(users)), "--duration", str(int(duration)),
+        "--users", str(users), "--duration", str(int(duration)),
     ]  # fmt: skip
     if url:
         cmd += ["--url", url]

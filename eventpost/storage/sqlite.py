@@ -4,6 +4,9 @@ Concurrency: the file is opened in WAL mode with a busy timeout, one connection 
 (and per process: a connection inherited through ``fork`` is never used), so readers never
 wait for writers and writers queue for the write lock. Every write is one ``BEGIN IMMEDIATE``
 transaction (the write lock is taken first, so there are no lock upgrades that could fail);
+the writers of one process share one write connection and commit together when they come
+together (group commit: one fsync for all of them, see :mod:`eventpost.storage._sqlite_writer`),
+each in a savepoint of its own, and none returns before the COMMIT that carries its writes;
 writes inside :meth:`SqliteStore.transaction` join it (each in its own savepoint, so a write
 that fails, e.g. with :class:`DuplicateKey`, leaves nothing behind even when the caller
 catches the error and goes on).
@@ -41,6 +44,7 @@ from eventpost.storage._sqlite_sql import (
     sort_exprs,
     where_sql,
 )
+from eventpost.storage._sqlite_writer import GroupWriter, current_pid
 from eventpost.storage.errors import DuplicateKey, NotFound, StorageError, VersionConflict
 from eventpost.storage.port import Changes, Collection, Events, Store
 from eventpost.storage.values import CollectionSpec, Document, OutboxEvent, Page, ParkedEvent, Where
@@ -103,6 +107,7 @@ class _ThreadState(threading.local):
 
     def __init__(self) -> None:
         self.conn: sqlite3.Connection | None = None
+        self.write_conn: sqlite3.Connection | None = None
         self.pid = 0
         self.generation = -1
         self.depth = 0
@@ -135,18 +140,32 @@ class SqliteStore(Store):
         self._opened: list[tuple[threading.Thread, int, sqlite3.Connection]] = []
         self._generation = 0
         self._collections: dict[str, SqliteCollection] = {}
+        self._writers = GroupWriter(self.path, busy_timeout, self._open_writer)
 
     # -- connections and transactions ----------------------------------------------------
 
     def _connection(self) -> sqlite3.Connection:
-        """This thread's connection, opened on first use (and again after fork or close)."""
+        """This thread's connection, opened on first use (and again after fork or close);
+        inside a write transaction, the write connection (so the block reads its writes)."""
         state = self._local
-        if state.conn is None or state.pid != os.getpid() or state.generation != self._generation:
+        if state.depth:
+            return state.write_conn
+        pid = current_pid()
+        if state.conn is None or state.pid != pid or state.generation != self._generation:
             state.conn = self._open()
-            state.pid, state.generation, state.depth = os.getpid(), self._generation, 0
+            state.pid, state.generation, state.depth = pid, self._generation, 0
         return state.conn
 
     def _open(self) -> sqlite3.Connection:
+        conn = self._open_writer()
+        with self._lock:
+            self._forget_dead_threads()
+            self._opened.append((threading.current_thread(), current_pid(), conn))
+        return conn
+
+    def _open_writer(self) -> sqlite3.Connection:
+        """A new connection with the store's settings (the write connection is one too; it
+        belongs to no thread)."""
         with _translated_errors():
             conn = sqlite3.connect(
                 self.path,
@@ -162,15 +181,12 @@ class SqliteStore(Store):
             _ensure_math_functions(conn)
             conn.execute(_OUTBOX_DDL)
             _add_outbox_columns(conn)
-        with self._lock:
-            self._forget_dead_threads()
-            self._opened.append((threading.current_thread(), os.getpid(), conn))
         return conn
 
     def _forget_dead_threads(self) -> None:
         alive = []
         for thread, pid, conn in self._opened:
-            if thread.is_alive() or pid != os.getpid():
+            if thread.is_alive() or pid != current_pid():
                 alive.append((thread, pid, conn))
             else:
                 conn.close()
@@ -178,28 +194,19 @@ class SqliteStore(Store):
 
     @contextmanager
     def _atomic(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction on this thread's connection, or a savepoint inside the one
-        already open. Rolled back when the block raises."""
-        conn = self._connection()
+        """A write transaction (one writer of a group commit, on the write connection), or a
+        savepoint inside the one this thread already has open. Rolled back when the block
+        raises; returns once its writes are committed."""
         state = self._local
         if state.depth == 0:
-            conn.execute("BEGIN IMMEDIATE")
-            state.depth = 1
-            try:
-                yield conn
-            except BaseException:
-                state.depth = 0
-                if conn.in_transaction:  # some errors roll back by themselves
-                    conn.execute("ROLLBACK")
-                raise
-            state.depth = 0
-            try:
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            with self._writers.member() as conn:
+                state.write_conn, state.depth = conn, 1
+                try:
+                    yield conn
+                finally:
+                    state.write_conn, state.depth = None, 0
             return
+        conn = state.write_conn
         savepoint = f"sp{state.depth}"
         conn.execute(f"SAVEPOINT {savepoint}")
         state.depth += 1
@@ -281,8 +288,9 @@ class SqliteStore(Store):
             self._generation += 1
             opened, self._opened = self._opened, []
         for _, pid, conn in opened:
-            if pid == os.getpid():
+            if pid == current_pid():
                 conn.close()
+        self._writers.close()
 
     # -- outbox ---------------------------------------------------------------------------
 

@@ -52,6 +52,22 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
+class LabelledChildren:
+    """The children of one labelled Prometheus metric, each looked up once per label values
+    (``labels()`` checks and locks on every call; the hot path counts every request)."""
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        """The child of ``values`` (made on first use)."""
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.metric.labels(*values)
+        return child
+
+
 class RequestEdge:
     """Middleware, first in every app: takes the caller's X-Request-ID (or makes one), binds it
     to the logging context and echoes it on the response; times the request, lets

@@ -13,6 +13,7 @@ from eventpost.settings import Settings
 from eventpost.web.edge import (
     OPS_PATHS,
     EdgeAdapter,
+    LabelledChildren,
     RequestEdge,
     install_edge,
     render_health,
@@ -45,11 +46,13 @@ class ServiceEdge(RequestEdge):
             registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
+        self._requests = LabelledChildren(self.requests)
+        self._latency = LabelledChildren(self.latency)
 
     def record(self, req: falcon.Request, resp: falcon.Response, elapsed: float) -> int | None:
         route = req.uri_template or "unmatched"
-        self.requests.labels(req.method, route, str(resp.status_code)).inc()
-        self.latency.labels(req.method, route).observe(elapsed)
+        self._requests(req.method, route, str(resp.status_code)).inc()
+        self._latency(req.method, route).observe(elapsed)
         return None if route in OPS_PATHS else logging.INFO
 
 

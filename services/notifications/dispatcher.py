@@ -103,6 +103,7 @@ class ReminderDispatcher:
         self.interval = interval
         self.on_handed_over = on_handed_over
         self._batch_writes = True
+        self._wake = threading.Event()  # cuts the wait short when the interval changes
 
     # -- one round -----------------------------------------------------------------------
 
@@ -223,6 +224,12 @@ class ReminderDispatcher:
         self.run_once()
         return self.next_wait()
 
+    def set_interval(self, seconds: float) -> None:
+        """A new ``DISPATCH_INTERVAL`` (Consul KV), in force from now: the wait in progress
+        ends and the next round waits the new interval."""
+        self.interval = seconds
+        self._wake.set()
+
     def run(self, stop: threading.Event) -> None:
         """Dispatch until ``stop`` is set; errors (a locked or lost store) are logged and
         retried with backoff."""
@@ -231,7 +238,12 @@ class ReminderDispatcher:
             extra={"owner": self.owner, "interval": self.interval, "batch": self.batch},
         )
         run_rounds(
-            self.dispatch_round, stop, what="dispatch round", logger=log, backoff=Backoff(0.2, 10.0)
+            self.dispatch_round,
+            stop,
+            what="dispatch round",
+            logger=log,
+            backoff=Backoff(0.2, 10.0),
+            wake=self._wake,
         )
         log.info("dispatcher stopped", extra={"owner": self.owner})
 
@@ -300,7 +312,7 @@ def main(
     if settings.consul_http_addr:  # DISPATCH_INTERVAL follows Consul KV while running
         live = LiveSettings(
             settings,
-            {"dispatch_interval": lambda seconds: setattr(dispatcher, "interval", seconds)},
+            {"dispatch_interval": dispatcher.set_interval},
             env=os.environ,
         )
         worker.add_loop("consul-settings", live.run)

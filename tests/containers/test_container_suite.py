@@ -30,6 +30,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devtools.consul_double import ConsulDouble
 from devtools.launcher import free_port
 from devtools.smtp_sink import Mailbox
 from tests.containers._files import HTTP_IMAGES, IMAGES, ROOT, yaml_file
@@ -102,6 +103,7 @@ class ContainerSuite:
     env: dict[str, str]
     mailbox: Mailbox
     client: httpx.Client
+    consul: ConsulDouble
 
     def url(self, part: str) -> str:
         return f"http://127.0.0.1:{self.env[PORT_VARIABLES[part]]}"
@@ -156,8 +158,15 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContainerSuite]:
     smtp_port = free_port()
     # Not eventpost-ct-*: that is what `invoke stopContainers` removes.
     prefix = f"eventpost-test-{uuid.uuid4().hex[:8]}"
-    with isolated_vhost() as amqp_url:
+    # The parts register with a Consul agent (the HTTP double of its documented API, on the
+    # host: the containers share the host's network) and the gateway finds the services there.
+    with isolated_vhost() as amqp_url, ConsulDouble(reap_interval=0.2) as consul:
         env = _podman_env() | {
+            "CONSUL_HTTP_ADDR": consul.url,
+            "SERVICE_ADDRESS": "127.0.0.1",
+            "CONSUL_CHECK_INTERVAL": "1",
+            "CONSUL_RESYNC_INTERVAL": "2",
+            "CONSUL_WAIT": "5",
             "EVENTPOST_CT_PREFIX": prefix,
             "AMQP_URL": amqp_url,
             "SMTP_HOST": "127.0.0.1",
@@ -176,7 +185,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContainerSuite]:
         client = httpx.Client(base_url=f"http://127.0.0.1:{env['GATEWAY_PORT']}", timeout=30)
         try:
             _script("up", env, timeout=300)
-            yield ContainerSuite(prefix, env, Mailbox(mail_dir), client)
+            yield ContainerSuite(prefix, env, Mailbox(mail_dir), client, consul)
         finally:
             client.close()
             subprocess.run(
@@ -201,6 +210,27 @@ def test_every_http_part_answers_ready(suite: ContainerSuite) -> None:
     for part in HTTP_IMAGES:
         resp = httpx.get(suite.url(part) + "/ready", timeout=10)
         assert resp.status_code == 200, (part, resp.text)
+
+
+HTTP_PARTS = ("gateway", "users", "events", "notifications")
+WORKERS = ("users-relay", "events-relay", "notifications-worker", "dispatcher", "email-sender")
+
+
+def test_every_part_registers_in_consul_and_the_http_parts_pass_their_checks(
+    suite: ContainerSuite,
+) -> None:
+    deadline = time.monotonic() + 60
+    expected = {part: [f"127.0.0.1:{suite.env[PORT_VARIABLES[part]]}"] for part in HTTP_PARTS}
+    while time.monotonic() < deadline:
+        passing = {part: suite.consul.passing(part) for part in HTTP_PARTS}
+        if passing == expected and all(suite.consul.service_ids(w) for w in WORKERS):
+            break
+        time.sleep(0.5)
+    assert passing == expected
+    for worker in WORKERS:
+        assert len(suite.consul.service_ids(worker)) == 1, worker
+    bodies = {b["Name"]: b for b in suite.consul.registrations}
+    assert bodies["events"]["Check"]["HTTP"] == f"http://{expected['events'][0]}/health"
 
 
 def test_a_sign_up_through_the_gateway_brings_the_welcome_email(
@@ -354,6 +384,7 @@ def test_podman_stop_finishes_the_request_in_flight_and_exits_0(
     elapsed = time.monotonic() - started
     state = podman("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", suite.container(part))
     assert state.split() == ["exited", "0"]
+    assert suite.consul.service_ids(part) == [], f"{part} still registered in Consul"
     sys.stderr.write(f"{part} stopped in {elapsed:.1f} s\n")
 
 
@@ -364,6 +395,8 @@ def test_podman_stop_finishes_the_request_in_flight_and_exits_0(
 def test_podman_stop_of_a_worker_exits_0(suite: ContainerSuite, part: str) -> None:
     """Last too: a worker as PID 1 handles SIGTERM itself (no init in the image), finishes
     what it has in hand and exits 0, not killed at the end of the grace period (137)."""
+    assert suite.consul.service_ids(part), f"{part} was not registered in Consul"
     podman("stop", "-t", "15", suite.container(part), timeout=60)
     state = podman("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", suite.container(part))
     assert state.split() == ["exited", "0"]
+    assert suite.consul.service_ids(part) == [], f"{part} still registered in Consul"

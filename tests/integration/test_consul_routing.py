@@ -189,16 +189,23 @@ class Load:
     def __init__(self, url: str, clients: int = 3) -> None:
         self.url = url
         self.statuses: list[int] = []
+        self.done = [0] * clients  # requests finished, per client
         self.stopped = threading.Event()
-        self.threads = [threading.Thread(target=self._run) for _ in range(clients)]
+        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
 
-    def _run(self) -> None:
+    def _run(self, client: int) -> None:
         while not self.stopped.is_set():
             try:
                 status = call(self.url, "GET", "/v1/events?limit=1").status
             except OSError:
                 status = 0
             self.statuses.append(status)
+            self.done[client] += 1
+
+    def settled(self, done: list[int]) -> bool:
+        """Whether every client finished a request started after ``done`` was taken (so no
+        request begun before then is still in flight)."""
+        return all(now >= then + 2 for now, then in zip(self.done, done, strict=True))
 
     def __enter__(self) -> Load:
         for thread in self.threads:
@@ -228,6 +235,9 @@ def test_an_instance_killed_under_load_gets_no_traffic_once_its_check_fails(
             until(lambda: len(load.statuses) >= 60, what="load running")
             second.signal(signal.SIGKILL)
             until(lambda: victim not in discovery.instances("events"), what="check failed")
+            done = list(load.done)
+            until(lambda: load.settled(done), what="requests in flight at the change finished")
+            # From here on, every request started after Consul's list changed.
             failed_at = len(load.statuses)
             tried_before = _tried(caplog, victim)
             until(lambda: len(load.statuses) >= failed_at + 200, 60, "load after the failure")

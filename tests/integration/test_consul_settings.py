@@ -208,3 +208,31 @@ def test_threads_end(consul):
     live._thread.join(5)
     assert not live._thread.is_alive()
     assert threading.active_count() >= 1
+
+
+def test_a_new_dispatch_interval_cuts_the_wait_in_progress_short(tmp_path):
+    """From a 1-hour interval to 0.05 s: the dispatcher does not first sit out the hour."""
+    from eventpost.storage.sqlite import SqliteStore
+    from services.notifications.dispatcher import ReminderDispatcher
+
+    rounds: list[float] = []
+
+    class Counting(ReminderDispatcher):
+        def dispatch_round(self) -> float:
+            rounds.append(self.interval)
+            return super().dispatch_round()
+
+    store = SqliteStore(tmp_path / "n.sqlite3")
+    dispatcher = Counting(store, interval=3600.0)
+    stop = threading.Event()
+    thread = threading.Thread(target=dispatcher.run, args=(stop,))
+    thread.start()
+    try:
+        until(lambda: rounds == [3600.0], 10, "the first round")
+        dispatcher.set_interval(0.05)
+        until(lambda: len(rounds) >= 3, 10, "rounds at the new interval")
+        assert rounds[1:3] == [0.05, 0.05]
+    finally:
+        stop.set()
+        thread.join(10)
+        store.close()

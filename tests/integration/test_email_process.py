@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @contextmanager
 def worker_process(
-    b: Broker, queue: str, smtp_port: int, data_dir: Path, log_name: str
+    b: Broker, queue: str, smtp_port: int, data_dir: Path, log_name: str, *args: str
 ) -> Iterator[subprocess.Popen[bytes]]:
     env = {
         **os.environ,
@@ -50,6 +50,7 @@ def worker_process(
                 queue,
                 "--exchange",
                 b.exchange,
+                *args,
             ],
             cwd=ROOT,
             env=env,
@@ -113,7 +114,9 @@ def test_sigterm_during_a_send_finishes_it_and_loses_nothing(broker: Broker, tmp
     jobs = [email_job() for _ in range(3)]
     all_keys = {job.payload["idempotency_key"] for job in jobs}
     with smtp_server(handler) as server:
-        with worker_process(broker, queue, server.port, tmp_path, "worker") as proc:
+        # One consumer: the job in hand is the first one published.
+        args = ("--concurrency", "1")
+        with worker_process(broker, queue, server.port, tmp_path, "worker", *args) as proc:
             publish(broker, *jobs)
             assert handler.stalling.wait(30), (tmp_path / "worker.log").read_text()
             proc.send_signal(signal.SIGTERM)
@@ -124,6 +127,32 @@ def test_sigterm_during_a_send_finishes_it_and_loses_nothing(broker: Broker, tmp
     waiting = keys_in(broker, queue)
     # The job in hand was finished, not dropped; the others went back to the queue.
     assert delivered and delivered[0] == jobs[0].payload["idempotency_key"]
+    assert len(delivered) + len(waiting) == len(jobs)
+    assert set(delivered) | set(waiting) == all_keys
+    assert broker.depth(f"{queue}.parked") == 0
+    assert "worker stopped" in log
+
+
+def test_sigterm_with_several_consumers_finishes_every_send_and_loses_nothing(
+    broker: Broker, tmp_path
+):
+    # The default --concurrency: several emails in flight when SIGTERM comes, one stalled.
+    queue = broker.queue_name("email-proc")
+    handler = ScriptedHandler(["stall:2"])
+    jobs = [email_job() for _ in range(8)]
+    all_keys = {job.payload["idempotency_key"] for job in jobs}
+    with smtp_server(handler) as server:
+        with worker_process(broker, queue, server.port, tmp_path, "worker") as proc:
+            publish(broker, *jobs)
+            assert handler.stalling.wait(30), (tmp_path / "worker.log").read_text()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(60)
+        log = (tmp_path / "worker.log").read_text()
+        assert code == 0, log
+        delivered = [str(m["X-EventPost-Idempotency-Key"]) for m in handler.accepted]
+    waiting = keys_in(broker, queue)
+    # Every job was either sent once (the stalled one too) or is back in the queue.
+    assert delivered
     assert len(delivered) + len(waiting) == len(jobs)
     assert set(delivered) | set(waiting) == all_keys
     assert broker.depth(f"{queue}.parked") == 0

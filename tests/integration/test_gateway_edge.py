@@ -368,6 +368,20 @@ def test_a_body_longer_than_its_content_length_leaves_garbage_that_gets_400(quic
     assert last.headers["connection"] == "close"
 
 
+def test_an_upgrade_nobody_serves_is_answered_as_plain_http(quick):
+    # No WebSocket library is installed: the request is answered, and the connection is then
+    # closed when idle, with no stray 408 from a deadline.
+    head = request_head(
+        "/health",
+        "Connection: Upgrade",
+        "Upgrade: websocket",
+        "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    )
+    (answer,) = responses(exchange(quick, head))
+    assert answer.status == 200
+
+
 def test_a_method_the_parser_knows_but_nobody_serves_is_a_problem(quick):
     raw = exchange(quick, request_head("/health", "Connection: close", method="PROPFIND"))
     (answer,) = responses(raw)
@@ -378,13 +392,27 @@ def test_a_method_the_parser_knows_but_nobody_serves_is_a_problem(quick):
 # -- everybody else meanwhile -----------------------------------------------------------------
 
 
-class SlowClients:
-    """``count`` connections that each send a request head one byte at a time, round by round,
-    from one thread, until stopped."""
+#: What the slow clients send a byte at a time: a long head, or a whole head and then a body.
+SLOW = {
+    "headers": (b"", request_head("/v1/events", "X-Slow: " + "s" * 10_000)),
+    "body": (
+        request_head(
+            "/v1/users", "Content-Type: application/json", "Content-Length: 10000"
+        ).replace(b"GET", b"POST"),
+        b" " * 10_000,
+    ),
+}
 
-    def __init__(self, gw: Gateway, count: int, pause: float = 0.05) -> None:
+
+class SlowClients:
+    """``count`` connections that each send ``first`` at once and then ``dribble`` one byte at
+    a time, round by round, from one thread, until stopped."""
+
+    def __init__(self, gw: Gateway, count: int, what: str, pause: float = 0.05) -> None:
+        first, self.head = SLOW[what]
         self.socks = [connect(gw) for _ in range(count)]
-        self.head = request_head("/v1/events", "X-Slow: " + "s" * 10_000)
+        for sock in self.socks:
+            sock.sendall(first)
         self.pause = pause
         self.sent = 0
         self.stopped = threading.Event()
@@ -430,18 +458,20 @@ def normal_requests(gw: Gateway, count: int) -> list[int]:
     return statuses
 
 
-def test_while_50_slow_clients_hold_connections_100_requests_succeed(patient):
-    with SlowClients(patient, 50) as slow:
+@pytest.mark.parametrize("what", SLOW)
+def test_while_50_slow_clients_hold_connections_100_requests_succeed(patient, what):
+    with SlowClients(patient, 50, what) as slow:
         statuses = normal_requests(patient, 100)
         assert slow.sent > 0
         assert slow.answered() == [b""] * 50  # all 50 still held, none answered yet
     assert statuses == [200] * 100
 
 
-def test_slow_clients_are_cut_off_while_others_are_answered(quick):
-    with SlowClients(quick, 50) as slow:
+@pytest.mark.parametrize("what", SLOW)
+def test_slow_clients_are_cut_off_while_others_are_answered(quick, what):
+    with SlowClients(quick, 50, what) as slow:
         statuses = normal_requests(quick, 100)
-        # Their heads would take minutes to finish: each gets its 408 after the deadline.
+        # They would take minutes to finish: each gets its 408 after the deadline.
         cut = [only(read_all(sock)).status for sock in slow.socks]
     assert statuses == [200] * 100
     assert cut == [408] * 50

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,16 +89,16 @@ def invoke(args: list[str], env: dict[str, str], timeout: float = 600):
     )
 
 
-@pytest.fixture
-def moto_endpoint() -> Iterator[str]:
-    """moto's server (every AWS API in one process) on a free port, fresh for each test."""
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """moto's server (every AWS API in one process) on a free port, for the whole session."""
     port = free_port()
     proc = subprocess.Popen(
         [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -110,3 +111,12 @@ def moto_endpoint() -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture
+def moto_endpoint(moto_server: str) -> str:
+    """The moto server, emptied (moto's reset API) before each test."""
+    urllib.request.urlopen(
+        urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"), timeout=30
+    ).close()
+    return moto_server

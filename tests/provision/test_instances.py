@@ -161,6 +161,7 @@ def test_wrong_vault_password_stops_before_any_instance(
         ["runAWS", "--vault-password-file", str(wrong), "--tags", "instances"],
         aws_env(moto_endpoint, vault),
     )
+    print(run.stdout, run.stderr)
     assert run.returncode != 0
     assert "does not decrypt the vault" in run.stderr
     assert "No instance was created or terminated" in run.stderr
@@ -177,6 +178,7 @@ def test_missing_credentials_stop_before_any_instance(
         ["runAWS", "--vault-password-file", str(password), "--tags", "instances"],
         aws_env(moto_endpoint, vault),
     )
+    print(run.stdout, run.stderr)
     assert run.returncode != 0
     assert "No AWS credentials" in run.stdout
     assert "No instance was created or terminated" in run.stdout
@@ -206,7 +208,8 @@ def test_unreachable_endpoint_is_named_and_nothing_changes(
         ["runAWS", "--vault-password-file", str(password), "--tags", "instances"],
         aws_env(dead, vault),
     )
+    print(run.stdout, run.stderr)
     assert run.returncode != 0
-    assert "Could not connect to the endpoint URL" in run.stdout
-    assert f"(endpoint {dead})" in run.stdout
+    assert f"The AWS endpoint {dead} cannot be reached" in run.stdout
+    assert "No instance was created or terminated" in run.stdout
     assert_untouched(client, before)

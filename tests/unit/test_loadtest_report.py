@@ -75,6 +75,36 @@ def test_a_run_with_errors_fails_and_lists_them(tmp_path):
     assert "FAIL" in page and "ConnectionError" in page
 
 
+def test_rate_limited_runs_say_how_to_turn_the_limit_off(tmp_path):
+    run = write_samples(tmp_path / "run.tsv", [(1.0, "GET /v1/events", 5.0, "429")])
+    hello = write_samples(tmp_path / "hello.tsv", [(1.0, "GET /", 1.0, "ok")])
+    meta = {"scenario": "e", "users": 1, "duration_s": 1, "url": "u", "started_at": "t"}
+    page = write_report(tmp_path, analyse(run, hello, meta)).read_text()
+    assert "GATEWAY_RATE_LIMIT=0" in page
+
+
 def test_chart_leaves_gaps_for_missing_points():
     svg = svg_chart("latency", {"p99": [1.0, None, 3.0, 4.0, None, 5.0]}, "ms")
     assert svg.count("<polyline") == 1 and svg.count("<circle") == 2
+
+
+def test_a_series_of_runs_makes_the_readmes_table(tmp_path):
+    from loadtest import table
+
+    run = write_samples(
+        tmp_path / "run.tsv", [(1.0 + i / 10, "GET /v1/events", 5.0, "ok") for i in range(20)]
+    )
+    hello = write_samples(
+        tmp_path / "hello.tsv", [(1.0 + i / 100, "GET /", 1.0, "ok") for i in range(200)]
+    )
+    summaries = [
+        analyse(
+            run,
+            hello,
+            {"scenario": "events", "users": n, "duration_s": 2, "url": "u", "started_at": "t"},
+        )
+        for n in (10, 500)
+    ]
+    lines = table(summaries).splitlines()
+    assert lines[0].startswith("| users | req/s | errors |") and len(lines) == 4
+    assert lines[2].startswith("| 10 |") and lines[3].startswith("| 500 |")

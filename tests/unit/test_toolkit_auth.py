@@ -10,12 +10,15 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from devtools.http_doubles import TokenMint
 from eventpost.auth import (
     AUDIENCE,
     ISSUER,
     InvalidToken,
+    KeySet,
     KeysUnavailable,
     RemoteKeySet,
+    UnknownKey,
     authenticate,
 )
 
@@ -144,3 +147,29 @@ def test_authenticate_answers_401_for_bad_tokens_and_503_without_keys():
     unavailable = client.simulate_get("/me", headers={"Authorization": f"Bearer {signer.token()}"})
     assert unavailable.status_code == 503
     assert unavailable.headers["retry-after"] == "5"
+
+
+def test_key_set_remembers_verified_tokens_until_exp_or_new_keys() -> None:
+    mint = TokenMint()
+    now = [time.time()]
+    keys = KeySet(mint.jwks(), wall_clock=lambda: now[0])
+    token = mint.token("ann", ttl=60)
+    checked: list[str] = []
+    original = keys._verify
+
+    def counting(tok: str):
+        checked.append(tok)
+        return original(tok)
+
+    keys._verify = counting  # type: ignore[method-assign]
+    assert keys.verify(token).sub == "ann"
+    assert keys.verify(token).sub == "ann"
+    assert len(checked) == 1  # the second time from memory
+    # Past its exp (by the wall clock) a remembered token is checked again.
+    now[0] += 120
+    keys.verify(token)
+    assert len(checked) == 2
+    # New keys: the memory is dropped, a token of a withdrawn key no longer passes.
+    keys.update(TokenMint().jwks())
+    with pytest.raises(UnknownKey):
+        keys.verify(token)
