@@ -337,6 +337,16 @@ class Outage:
         }
 
 
+def check_users_gone(net: Net, gateway: str) -> None:
+    """B's users (its only instance) leaves the passing list too: a login through the gateway
+    is a plain 503 problem+json, not a hang."""
+    until(lambda: net.consul.passing("users") == [], 30, "B's users critical")
+    login = {"username": "nobody", "password": "does not matter"}
+    resp = httpx.post(gateway + "/v1/auth/token", json=login, timeout=30)
+    assert resp.status_code == 503, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
+
+
 def drop_host_b(net: Net, urls: dict[str, str], paths: list[str]) -> Outage:
     """Continuous GETs through the gateway while B's link goes down, then B's link back up
     (the traffic stopped first: the counts stay those of the outage)."""
@@ -354,6 +364,7 @@ def drop_host_b(net: Net, urls: dict[str, str], paths: list[str]) -> Outage:
         counts["c_removed"] = served(events_c)  # before ``removed``: later requests count after
         removed = time.monotonic()
         seen = traffic.count()
+        check_users_gone(net, urls["gateway"])
         until(lambda: traffic.count() >= seen + 300, 60, "traffic after the cut")
     counts["c_end"] = served(events_c)
     b.link_up()
