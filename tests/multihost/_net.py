@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import random
 import subprocess
 import threading
 import uuid
@@ -49,9 +50,10 @@ class Host:
 
 
 def _free_subnet() -> ipaddress.IPv4Network:
-    """A 10.233.<n>.0/24 no interface of the root namespace uses."""
+    """A 10.233.<n>.0/24 no interface of the root namespace uses (tried in random order, so
+    two runs at once rarely pick the same one)."""
     used = ip("-4", "-o", "addr", "show").stdout
-    for n in range(10, 250):
+    for n in random.sample(range(10, 250), 240):
         net = ipaddress.IPv4Network(f"10.233.{n}.0/24")
         if f" 10.233.{n}." not in used:
             return net
