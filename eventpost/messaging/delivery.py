@@ -229,19 +229,7 @@ class Settler:
         merged = delivery.headers
         merged.pop("x-death", None)  # the broker's own history of dead-lettering
         merged.update(headers)
-        properties = pika.BasicProperties(
-            content_type=original.content_type,
-            content_encoding=original.content_encoding,
-            headers=merged,
-            delivery_mode=pika.DeliveryMode.Persistent,
-            priority=original.priority,
-            correlation_id=original.correlation_id,
-            reply_to=original.reply_to,
-            message_id=original.message_id,
-            timestamp=original.timestamp,
-            type=original.type,
-            app_id=original.app_id,
-        )
+        properties = persistent_copy(original, merged)
         self.publish_channel.basic_publish(
             exchange="",
             routing_key=queue,
@@ -253,3 +241,23 @@ class Settler:
 
 def _describe(error: BaseException | None) -> str:
     return "" if error is None else f"{type(error).__name__}: {error}"[:500]
+
+
+def persistent_copy(
+    original: pika.spec.BasicProperties, headers: dict[str, Any]
+) -> pika.BasicProperties:
+    """``original``'s properties with ``headers`` instead of its own, persistent: what a
+    message republished by hand (a retry, a parked copy, a replay) carries."""
+    return pika.BasicProperties(
+        content_type=original.content_type,
+        content_encoding=original.content_encoding,
+        headers=headers,
+        delivery_mode=pika.DeliveryMode.Persistent,
+        priority=original.priority,
+        correlation_id=original.correlation_id,
+        reply_to=original.reply_to,
+        message_id=original.message_id,
+        timestamp=original.timestamp,
+        type=original.type,
+        app_id=original.app_id,
+    )

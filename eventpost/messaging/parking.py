@@ -40,6 +40,7 @@ from eventpost.messaging.delivery import (
     PARK_REASON_HEADER,
     PARKED_AT_HEADER,
     REPLAYED_HEADER,
+    persistent_copy,
 )
 from eventpost.messaging.envelope import REQUEST_ID_HEADER
 from eventpost.messaging.topology import (
@@ -133,19 +134,7 @@ def replay_properties(properties: pika.BasicProperties) -> pika.BasicProperties:
         headers.pop(name, None)
     headers[ATTEMPT_HEADER] = 1
     headers[REPLAYED_HEADER] = _int(headers.get(REPLAYED_HEADER), 0) + 1
-    return pika.BasicProperties(
-        content_type=properties.content_type,
-        content_encoding=properties.content_encoding,
-        headers=headers,
-        delivery_mode=pika.DeliveryMode.Persistent,
-        priority=properties.priority,
-        correlation_id=properties.correlation_id,
-        reply_to=properties.reply_to,
-        message_id=properties.message_id,
-        timestamp=properties.timestamp,
-        type=properties.type,
-        app_id=properties.app_id,
-    )
+    return persistent_copy(properties, headers)
 
 
 class ParkingQueues:
