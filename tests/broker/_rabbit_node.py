@@ -196,7 +196,16 @@ class RabbitNode:
     def join(self, seed: RabbitNode) -> None:
         """Make this (running, empty) node a member of ``seed``'s cluster."""
         self.ctl("stop_app")
-        self.ctl("join_cluster", seed.node)
+        # join_cluster answers 69 (unavailable) while the seed is still settling (it happened
+        # with the nodes joining in parallel on a loaded machine): try again for a while.
+        for attempt in range(10):
+            try:
+                self.ctl("join_cluster", seed.node)
+                break
+            except subprocess.CalledProcessError as exc:
+                if exc.returncode != 69 or attempt == 9:
+                    raise
+                time.sleep(2)
         self.ctl("start_app")
         self.wait_until_up()
 
