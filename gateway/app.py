@@ -50,6 +50,10 @@ UVICORN_OPTIONS: dict[str, Any] = {
     "server_header": False,
     "access_log": False,
     "log_config": None,
+    # The gateway serves no WebSocket: without this, uvicorn takes up whatever WebSocket
+    # library happens to be installed (wsproto comes with the load-test tools) and answers an
+    # Upgrade with 403 instead of the plain HTTP answer.
+    "ws": "none",
 }
 
 
