@@ -23,18 +23,6 @@ from gateway.ratelimit import RateLimiter
 from gateway.upstreams import UpstreamPolicy
 
 
-@pytest.fixture(scope="module")
-def upstreams() -> Iterator[FakeServices]:
-    with FakeServices() as services:
-        yield services
-
-
-@pytest.fixture
-def fakes(upstreams: FakeServices) -> FakeServices:
-    upstreams.reset()
-    return upstreams
-
-
 @pytest.fixture
 def gateway(fakes: FakeServices) -> Iterator[str]:
     with running_gateway(fakes) as (url, _):

@@ -15,24 +15,12 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
-from devtools.http_doubles import FakeServices, ManualClock, closed_port, running_gateway
+from devtools.http_doubles import ManualClock, closed_port, running_gateway
 from eventpost.settings import Settings
 from gateway.ratelimit import EdgePolicy
 from gateway.redis_buckets import RedisBuckets
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-@pytest.fixture(scope="module")
-def upstreams() -> Iterator[FakeServices]:
-    with FakeServices() as services:
-        yield services
-
-
-@pytest.fixture
-def fakes(upstreams: FakeServices) -> FakeServices:
-    upstreams.reset()
-    return upstreams
 
 
 @pytest.fixture
