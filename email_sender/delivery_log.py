@@ -5,13 +5,22 @@ store (``open_store(settings, "email_sender", sqlite_synchronous="NORMAL")``: a 
 lose the last records, never a process crash, which at worst sends those emails once more)::
 
     {id: <idempotency_key>, status: "sending" | "sent" | "failed", message_id, attempts,
-     sent_at, error, permanent, updated_at}
+     sent_at, error, permanent, owner, lease_until, updated_at}
 
-The worker marks a job ``sending`` just before it talks to SMTP and ``sent`` once the server
-accepted the message; a job whose key is already ``sent`` is not sent again (its outcome is
-reported again instead, so a lost ``email.sent`` is recovered). Likewise a job that failed
-``permanent``-ly (the server answered 5xx) is not tried again, only reported again, unless
-an operator replays it from the parking queue after fixing the cause.
+The worker marks a job ``sending`` just before it talks to SMTP, with itself as ``owner``
+and a lease (``lease_until``: longer than a send can take), and ``sent`` once the server
+accepted the message. A worker handed a copy of a job that another live worker holds the
+lease of waits until that one is done (:meth:`DeliveryLog.wait_while_held`), then finds it
+``sent`` and only reports it again. Two copies of one job at once are normal after a broker
+failover: a publisher whose confirm was lost with a cluster node publishes again, and the
+email-sender's consumers take both copies side by side. A lease ends early when its attempt
+failed (:meth:`DeliveryLog.release`) or its owner, on this host, is a process that no longer
+exists (a crashed worker restarted here need not wait for the lease).
+
+A job whose key is already ``sent`` is not sent again (its outcome is reported again
+instead, so a lost ``email.sent`` is recovered). Likewise a job that failed ``permanent``-ly
+(the server answered 5xx) is not tried again, only reported again, unless an operator
+replays it from the parking queue after fixing the cause.
 
 What remains, on purpose (delivery is at-least-once, never at-most-once):
 
@@ -24,11 +33,17 @@ What remains, on purpose (delivery is at-least-once, never at-most-once):
   retried and the server gets it again (same Message-ID).
 - Two copies of one job handled at the very same moment by two workers: the second one to
   write ``sending`` sees a conflict and is retried later (by then the first is ``sent`` and
-  the copy is skipped); if the first worker is still at it, both may send.
+  the copy is skipped). A worker on another host that holds a job longer than its lease
+  (a send stuck past every SMTP timeout) may see the job sent a second time by another.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -40,7 +55,7 @@ from eventpost.storage import (
     Store,
     VersionConflict,
 )
-from eventpost.timeutil import Clock, format_time, utcnow
+from eventpost.timeutil import Clock, format_time, parse_time, utcnow
 
 DELIVERIES = CollectionSpec("deliveries", indexes=(("updated_at",),))
 
@@ -49,8 +64,34 @@ SENT = "sent"
 FAILED = "failed"
 
 
+#: How long a ``sending`` record is another worker's by default.
+DEFAULT_LEASE = timedelta(seconds=60)
+
+
 class DeliveryInProgress(Exception):
     """Another worker started the same job a moment ago; try again later."""
+
+
+def new_owner() -> str:
+    """A name for one delivering worker: ``host:pid:random`` (the host and pid let a worker
+    on the same host see that a lease's owner died)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _owner_is_gone(owner: str) -> bool:
+    """Whether ``owner`` (see :func:`new_owner`) was a process of this host that has exited.
+    An owner elsewhere, or unreadable, counts as alive: only its lease ends it."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 @dataclass(frozen=True)
@@ -65,6 +106,8 @@ class Delivery:
     error: str | None
     permanent: bool
     version: int
+    owner: str | None = None
+    lease_until: str | None = None
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Delivery:
@@ -77,15 +120,28 @@ class Delivery:
             error=doc.get("error"),
             permanent=bool(doc.get("permanent")),
             version=int(doc["version"]),
+            owner=doc.get("owner"),
+            lease_until=doc.get("lease_until"),
         )
 
 
 class DeliveryLog:
-    """The ``deliveries`` collection of ``store`` (see the module docstring)."""
+    """The ``deliveries`` collection of ``store`` (see the module docstring), as seen by one
+    delivering worker: ``owner`` names it in the leases it takes (default: a new unique
+    name), ``lease`` is how long its ``sending`` records keep other workers waiting."""
 
-    def __init__(self, store: Store, *, clock: Clock = utcnow) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Clock = utcnow,
+        owner: str | None = None,
+        lease: timedelta = DEFAULT_LEASE,
+    ) -> None:
         self._deliveries = store.collection(DELIVERIES)
         self._clock = clock
+        self.owner = owner or new_owner()
+        self.lease = lease
 
     def get(self, key: str) -> Delivery | None:
         """The record of ``key``, or None."""
@@ -96,13 +152,16 @@ class DeliveryLog:
         """Record that ``key`` is being sent (``known`` is what :meth:`get` returned just
         before). Raises :class:`DeliveryInProgress` when another worker wrote the record
         in between."""
+        now = self._clock()
         changes = {
             "status": SENDING,
             "message_id": message_id,
             "attempts": attempt,
             "error": None,
             "permanent": False,
-            "updated_at": format_time(self._clock()),
+            "owner": self.owner,
+            "lease_until": format_time(now + self.lease),
+            "updated_at": format_time(now),
         }
         try:
             if known is None:
@@ -111,6 +170,50 @@ class DeliveryLog:
                 self._deliveries.update(key, changes, expected_version=known.version)
         except (DuplicateKey, VersionConflict) as exc:
             raise DeliveryInProgress(f"another worker is delivering {key!r}") from exc
+
+    def held_elsewhere(self, known: Delivery) -> bool:
+        """Whether another worker is delivering ``known`` right now: it is ``sending`` under
+        a lease that has not ended, taken by an owner other than this one that is not a
+        process of this host known to have exited."""
+        if known.status != SENDING or not known.owner or not known.lease_until:
+            return False
+        if known.owner == self.owner or parse_time(known.lease_until) <= self._clock():
+            return False
+        return not _owner_is_gone(known.owner)
+
+    def wait_while_held(
+        self,
+        key: str,
+        known: Delivery,
+        *,
+        poll: float = 0.1,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> Delivery | None:
+        """Wait while another worker holds ``key`` (:meth:`held_elsewhere`), at most this
+        log's lease on the monotonic clock; returns the record as it is then."""
+        deadline = time.monotonic() + self.lease.total_seconds()
+        current: Delivery | None = known
+        while current is not None and self.held_elsewhere(current):
+            if time.monotonic() >= deadline:
+                break
+            sleep(poll)
+            current = self.get(key)
+        return current
+
+    def release(self, key: str) -> None:
+        """End this worker's lease on ``key`` after an attempt that failed (the record stays
+        ``sending``: the server may have the message), so a retry anywhere goes ahead."""
+        known = self.get(key)
+        if known is None or known.status != SENDING or known.owner != self.owner:
+            return
+        try:
+            self._deliveries.update(
+                key,
+                {"lease_until": None, "updated_at": format_time(self._clock())},
+                expected_version=known.version,
+            )
+        except VersionConflict:
+            return  # another worker took it over meanwhile: its lease stands
 
     def sent(self, key: str, message_id: str, attempt: int, sent_at: datetime) -> Delivery:
         """Record that the server accepted the email of ``key``."""
@@ -123,6 +226,7 @@ class DeliveryLog:
                 "sent_at": format_time(sent_at),
                 "error": None,
                 "permanent": False,
+                "lease_until": None,
             },
         )
 
@@ -135,7 +239,13 @@ class DeliveryLog:
             return known
         return self._finish(
             key,
-            {"status": FAILED, "attempts": attempt, "error": error[:1000], "permanent": permanent},
+            {
+                "status": FAILED,
+                "attempts": attempt,
+                "error": error[:1000],
+                "permanent": permanent,
+                "lease_until": None,
+            },
         )
 
     def _finish(self, key: str, changes: dict[str, Any]) -> Delivery:

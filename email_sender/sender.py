@@ -10,7 +10,8 @@ message of the queue (``email-sender.jobs`` by default, bound to ``user.created`
    sent is not sent again; its ``email.sent`` is published again (it may have been lost).
    The same for a job the server refused for good (``email.failed`` again), unless an
    operator replayed it from the parking queue (:data:`~eventpost.messaging.replayed_var`):
-   then it is tried again.
+   then it is tried again. A job another sender is sending at this moment (its lease in the
+   delivery log) is waited for first, so two copies of a job never make two emails.
 3. The email is built (:func:`email_sender.compose.build_email`) and handed to SMTP
    (:class:`email_sender.mailer.SmtpMailer`).
    - Accepted: logged as sent, ``email.sent`` published (jobs with a ``correlation``), acked.
@@ -42,7 +43,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from email_sender import compose
-from email_sender.delivery_log import FAILED, SENT, DeliveryLog
+from email_sender.delivery_log import DEFAULT_LEASE, FAILED, SENT, DeliveryLog
 from email_sender.jobs import InvalidJob, digest, job_from_message
 from email_sender.mailer import PermanentMailError, SmtpMailer
 from eventpost import contracts
@@ -139,6 +140,11 @@ class EmailSender:
         info = {"idempotency_key": job.idempotency_key, "attempt": attempt}
         deliveries = self._deliveries()
         known = deliveries.get(job.idempotency_key)
+        if known is not None and deliveries.held_elsewhere(known):
+            # Another copy of this job is being sent right now (a publisher sent it twice
+            # across a broker failover): wait for that send instead of making a second.
+            log.info("another sender is delivering this job; waiting for it", extra=info)
+            known = deliveries.wait_while_held(job.idempotency_key, known)
         if known is not None and known.status == SENT:
             log.info("duplicate job, already sent; reporting again", extra=info)
             self._report_sent(
@@ -181,6 +187,10 @@ class EmailSender:
             )
             # Parked, so it can be replayed once the cause is fixed.
             raise RefusedForGood(str(exc)) from exc
+        except Exception:
+            # Retried through the delay queues: whoever gets the retry need not wait.
+            self._release_quietly(deliveries, job.idempotency_key)
+            raise
         sent_at = self.clock()
         deliveries.sent(job.idempotency_key, message_id, attempt, sent_at)
         log.info(
@@ -236,8 +246,19 @@ class EmailSender:
     def _deliveries(self) -> DeliveryLog:
         if self._log is None:
             self._store = self.store_factory()
-            self._log = DeliveryLog(self._store, clock=self.clock)
+            self._log = DeliveryLog(
+                self._store, clock=self.clock, lease=send_lease(self.mailer.timeout)
+            )
         return self._log
+
+    @staticmethod
+    def _release_quietly(deliveries: DeliveryLog, key: str) -> None:
+        """End the lease on ``key``; a store error is logged, not raised over the send's
+        own error (the lease then simply runs out)."""
+        try:
+            deliveries.release(key)
+        except Exception:
+            log.warning("could not end the lease on a failed send", exc_info=True)
 
     def _maybe_prune(self) -> None:
         now = self.clock()
@@ -296,6 +317,12 @@ class EmailSender:
             # Nobody subscribes to outcomes (e.g. notifications is not deployed): the email
             # itself is done, so this is no reason to retry it.
             log.warning("no queue takes %s; outcome dropped", kind, extra={"idempotency_key": key})
+
+
+def send_lease(smtp_timeout: float) -> timedelta:
+    """How long a send may hold its job: longer than the connect, greeting, MAIL, RCPT,
+    DATA and end-of-data replies can take, each bounded by ``smtp_timeout``."""
+    return max(DEFAULT_LEASE, timedelta(seconds=6 * smtp_timeout))
 
 
 def delivery_store_factory(settings: Settings) -> Callable[[], Store]:

@@ -1,7 +1,12 @@
-"""The delivery log on the SQLite store: states, the race between two workers, pruning."""
+"""The delivery log on the SQLite store: states, the race between two workers, the lease a
+sending worker holds, pruning."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -77,3 +82,74 @@ def test_prune_forgets_only_old_records(stores):
     assert log.prune(timedelta(days=7)) == 1
     assert log.get("old") is None
     assert log.get("recent").status == SENT
+
+
+def test_a_sending_record_is_held_by_its_live_owner_until_its_lease_ends(stores):
+    clock = Clock()
+    first = DeliveryLog(stores[0], clock=clock, lease=timedelta(seconds=60))
+    second = DeliveryLog(stores[1], clock=clock, lease=timedelta(seconds=60))
+    first.begin("k", "<m@x>", 1, None)
+    known = second.get("k")
+    assert (known.owner, known.lease_until) == (first.owner, "2026-12-01T19:01:00.000000Z")
+    # This process is alive: the other worker waits; the owner itself never does.
+    assert second.held_elsewhere(known)
+    assert not first.held_elsewhere(known)
+    clock.now = T0 + timedelta(seconds=61)
+    assert not second.held_elsewhere(second.get("k"))
+
+
+def test_a_lease_ends_with_its_attempt_or_with_its_owner_process(stores):
+    clock = Clock()
+    first, second = DeliveryLog(stores[0], clock=clock), DeliveryLog(stores[1], clock=clock)
+    first.begin("k", "<m@x>", 1, None)
+    first.release("k")  # the attempt failed (e.g. a 421): a retry anywhere goes ahead
+    released = second.get("k")
+    assert (released.status, released.lease_until) == (SENDING, None)
+    assert not second.held_elsewhere(released)
+    # Releasing someone else's lease does nothing.
+    second.begin("k", "<m@x>", 2, released)
+    first.release("k")
+    assert first.held_elsewhere(first.get("k"))
+    # A process of this host that exited holds nothing (a crashed worker restarted here).
+    gone = DeliveryLog(stores[0], clock=clock, owner=f"{socket.gethostname()}:{_exited_pid()}:x")
+    gone.begin("k2", "<m@x>", 1, None)
+    assert not second.held_elsewhere(second.get("k2"))
+    # An owner on another host is trusted until its lease ends.
+    far = DeliveryLog(stores[0], clock=clock, owner="elsewhere:1:x")
+    far.begin("k3", "<m@x>", 1, None)
+    assert second.held_elsewhere(second.get("k3"))
+    # Sent or failed records hold nothing.
+    first.sent("k3", "<m@x>", 1, T0)
+    assert not second.held_elsewhere(second.get("k3"))
+
+
+def test_a_worker_waits_while_another_sends_and_then_sees_it_sent(stores):
+    first, second = DeliveryLog(stores[0]), DeliveryLog(stores[1])
+    first.begin("k", "<m@x>", 1, None)
+    finished = threading.Timer(0.3, lambda: first.sent("k", "<m@x>", 1, T0))
+    finished.start()
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        time.sleep(seconds)
+
+    seen = second.wait_while_held("k", second.get("k"), poll=0.05, sleep=sleep)
+    finished.join()
+    assert seen is not None and seen.status == SENT
+    assert waits  # it did wait for the other one
+
+
+def test_waiting_is_bounded_by_the_lease(stores):
+    first = DeliveryLog(stores[0], owner="elsewhere:1:x")
+    second = DeliveryLog(stores[1], lease=timedelta(seconds=0.2))
+    first.begin("k", "<m@x>", 1, None)
+    seen = second.wait_while_held("k", second.get("k"), poll=0.05)
+    assert seen is not None and seen.status == SENDING  # given up waiting: it sends itself
+
+
+def _exited_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid

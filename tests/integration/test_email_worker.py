@@ -6,6 +6,8 @@ nor receives messages of anything else running on the broker."""
 
 from __future__ import annotations
 
+import threading
+
 import pika
 import pytest
 
@@ -237,6 +239,29 @@ def test_a_duplicate_job_is_sent_once_and_reported_again(broker: Broker, tmp_pat
     assert [o.type for o in outcomes] == ["email.sent", "email.sent"]
     assert outcomes[0].payload == outcomes[1].payload
     assert outcomes[0].id == outcomes[1].id
+
+
+def test_two_copies_of_a_job_handled_at_once_make_one_email(broker: Broker, tmp_path):
+    """A publisher that lost its confirm with a cluster node publishes again: two consumers
+    of one email-sender take both copies side by side. The second waits for the first's
+    send (its lease in the delivery log) and only reports it again."""
+    handler = ScriptedHandler(["stall:1.0"])
+    with smtp_server(handler) as server:
+        first, second = wire(broker, tmp_path, server.port), wire(broker, tmp_path, server.port)
+        job = email_job()
+        copy = Envelope.new("email.send", job.payload, request_id="req-copy")
+        sending = threading.Thread(target=first.sender.handle, args=(job,))
+        sending.start()
+        assert handler.stalling.wait(10), "the first send never reached DATA"
+        second.sender.handle(copy)  # returns once the first send is done
+        sending.join(10)
+        outcomes: list[Envelope] = []
+        collect(first, outcomes, 2)
+        first.sender.close()
+        second.sender.close()
+    assert len(handler.accepted) == 1
+    assert [o.type for o in outcomes] == ["email.sent", "email.sent"]
+    assert outcomes[0].payload == outcomes[1].payload
 
 
 def test_when_only_the_report_keeps_failing_the_email_is_sent_once_and_reported_sent(
