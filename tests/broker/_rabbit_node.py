@@ -17,11 +17,13 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -39,11 +41,31 @@ START_TIMEOUT = 120.0
 CTL_TIMEOUT = 120.0
 
 
+#: Where the nodes' ports are taken from: below the kernel's ephemeral range (32768-60999 on
+#: Debian), so no outgoing connection and no ``bind(0)`` server of another test can take a
+#: node's port between the moment it is chosen and the moment the node listens (it happened:
+#: ``eaddrinuse`` at boot), nor while a stopped node waits to be started on it again.
+PORT_RANGE = (20000, 32000)
+_taken: set[int] = set()
+_taken_lock = threading.Lock()
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port below the ephemeral range that nobody listens on now and that no other node
+    of this process was given."""
+    with _taken_lock:
+        for _ in range(1000):
+            port = random.randint(*PORT_RANGE)
+            if port in _taken:
+                continue
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _taken.add(port)
+            return port
+    raise RuntimeError(f"no free port in {PORT_RANGE}")
 
 
 def _as_rabbit_user() -> list[str]:
@@ -86,6 +108,20 @@ class RabbitNode:
     def url(self) -> str:
         """Its AMQP URL (guest may log in over loopback)."""
         return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    def boot(self, attempts: int = 3) -> None:
+        """First start: like :meth:`start`, but a node that cannot listen because its ports
+        were taken meanwhile (``eaddrinuse``) is given new ones and started again."""
+        for attempt in range(attempts):
+            try:
+                self.start()
+                return
+            except RuntimeError:
+                if "eaddrinuse" not in self.output() or attempt == attempts - 1:
+                    raise
+            self.port, self.dist_port = free_port(), free_port()
+            (self.base / "server.out").unlink(missing_ok=True)
+            self._prepare()
 
     def _prepare(self) -> None:
         for sub in ("mnesia", "log"):
@@ -218,9 +254,7 @@ def private_nodes(count: int = 1) -> Iterator[list[RabbitNode]]:
     os.chmod(root, 0o755)  # the rabbitmq user must reach its node's directory
     nodes = [RabbitNode(root / f"n{i}") for i in range(count)]
     try:
-        for node in nodes:
-            node.start(wait=False)
-        _each(nodes, RabbitNode.wait_until_up)
+        _each(nodes, RabbitNode.boot)
         # The others join the first one side by side (each waits for its own rabbitmqctl).
         _each(nodes[1:], lambda node: node.join(nodes[0]))
         yield nodes

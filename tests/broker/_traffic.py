@@ -66,13 +66,16 @@ class Counts:
     exit_codes: dict[str, int | None] = field(default_factory=dict)
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll ``predicate`` until truthy; AssertionError after ``timeout`` seconds."""
+def wait_for(
+    predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1
+) -> None:
+    """Poll ``predicate`` every ``interval`` s until truthy; AssertionError after ``timeout``
+    seconds."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+        time.sleep(interval)
 
 
 class Traffic:
@@ -211,6 +214,20 @@ class Traffic:
                 writer.join()
                 total = self.users + self.reminders
                 wait_for(lambda: len(self.mailbox.paths()) >= total, SETTLE_TIMEOUT, "emails")
+                # A duplicate would make up the count while an event nacked during the
+                # fault still waits out its relay lease in an outbox: wait for every email
+                # by its key, and for both outboxes to be empty.
+                wait_for(
+                    lambda: len(self._email_keys()) >= total,
+                    SETTLE_TIMEOUT,
+                    "every email, each by its key",
+                    interval=1.0,
+                )
+                wait_for(
+                    lambda: users_store.outbox_pending() + notifications.outbox_pending() == 0,
+                    SETTLE_TIMEOUT,
+                    "empty outboxes",
+                )
                 wait_for(
                     lambda: reminders.count({"status": "sent"}) == self.reminders,
                     SETTLE_TIMEOUT,
@@ -251,8 +268,12 @@ class Traffic:
             self.counts.held_in_outbox = max(self.counts.held_in_outbox, pending)
         thread.join()
 
+    def _email_keys(self) -> Counter[str]:
+        """How many emails the sink holds of each idempotency key."""
+        return Counter(str(m[IDEMPOTENCY_HEADER]) for m in self.mailbox.messages())
+
     def _count(self) -> None:
-        keys = Counter(str(m[IDEMPOTENCY_HEADER]) for m in self.mailbox.messages())
+        keys = self._email_keys()
         self.counts.emails = sum(keys.values())
         self.counts.emails_twice = sum(1 for n in keys.values() if n > 1)
         audit = self.audited()
