@@ -7,6 +7,7 @@
   can be told to be unready, hang, drop connections or answer a given status; it also serves a
   JWKS at ``/v1/auth/jwks`` like the users service.
 - :class:`TokenMint` makes Ed25519 keys and signs access tokens the way the users service does.
+- :func:`start_gateway_process` runs ``python -m gateway`` as a real process in front of them.
 """
 
 from __future__ import annotations
@@ -14,13 +15,18 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,6 +43,8 @@ from eventpost.settings import Settings
 from gateway.app import UVICORN_OPTIONS, create_app
 from gateway.ratelimit import EdgePolicy, RateLimiter
 from gateway.upstreams import UpstreamPolicy
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def bound_socket(host: str = "127.0.0.1") -> socket.socket:
@@ -392,3 +400,48 @@ def running_gateway(
     )
     with UvicornThread(app) as server:
         yield server.url, app
+
+
+def start_gateway_process(
+    services: FakeServices,
+    data_dir: Path,
+    *,
+    graceful_timeout: float = 5.0,
+    start_timeout: float = 30.0,
+    **env: str,
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """``python -m gateway`` as a real process in front of ``services`` (Consul unset, ``env``
+    added to the environment), once its /health answers; returns ``(process, base_url,
+    log_path)``: stdout and stderr go to ``data_dir/gateway.log``. The caller stops it."""
+    port = closed_port()
+    environ = {
+        **os.environ,
+        "GATEWAY_PORT": str(port),
+        **{f"{name.upper()}_PORT": str(p) for name, p in services.ports().items()},
+        "DATA_DIR": str(data_dir),
+        **env,
+    }
+    environ.pop("CONSUL_HTTP_ADDR", None)
+    log_path = data_dir / "gateway.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "gateway", "--graceful-timeout", str(graceful_timeout)],
+            cwd=ROOT,
+            env=environ,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + start_timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1) as resp:  # noqa: S310
+                if resp.status == 200:
+                    return proc, url, log_path
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(log_path.read_text())
+        time.sleep(0.05)

@@ -12,22 +12,17 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
 import socket
 import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from devtools.http_doubles import FakeServices, closed_port
-
-ROOT = Path(__file__).resolve().parents[2]
+from devtools.http_doubles import FakeServices, start_gateway_process
 
 
 @dataclass
@@ -54,38 +49,11 @@ def fakes() -> Iterator[FakeServices]:
 
 
 def _start(fakes: FakeServices, tmp: Path, **env: str) -> Iterator[Gateway]:
-    port = closed_port()
-    environ = {
-        **os.environ,
-        "GATEWAY_PORT": str(port),
-        **{f"{name.upper()}_PORT": str(p) for name, p in fakes.ports().items()},
-        "DATA_DIR": str(tmp),
-        "GATEWAY_RATE_LIMIT": "0",
-        "LOG_LEVEL": "WARNING",
-        **env,
-    }
-    environ.pop("CONSUL_HTTP_ADDR", None)
-    log_path = tmp / "gateway.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--graceful-timeout", "1"],
-            cwd=ROOT,
-            env=environ,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(log_path.read_text()) from None
-            time.sleep(0.05)
+    proc, url, log_path = start_gateway_process(
+        fakes, tmp, graceful_timeout=1, GATEWAY_RATE_LIMIT="0", LOG_LEVEL="WARNING", **env
+    )
     try:
-        yield Gateway(port, log_path)
+        yield Gateway(int(url.rsplit(":", 1)[1]), log_path)
     finally:
         proc.terminate()
         try:

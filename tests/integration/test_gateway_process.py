@@ -4,21 +4,16 @@ flight finish before the process exits."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from devtools.http_doubles import FakeServices, call, closed_port
-
-ROOT = Path(__file__).resolve().parents[2]
+from devtools.http_doubles import FakeServices, call, start_gateway_process
 
 
 @pytest.fixture
@@ -28,37 +23,7 @@ def fakes() -> Iterator[FakeServices]:
 
 
 def start_gateway(fakes: FakeServices, tmp_path: Path) -> tuple[subprocess.Popen, str, Path]:
-    port = closed_port()
-    env = {
-        **os.environ,
-        "GATEWAY_PORT": str(port),
-        **{f"{name.upper()}_PORT": str(p) for name, p in fakes.ports().items()},
-        "DATA_DIR": str(tmp_path),
-        "LOG_LEVEL": "INFO",
-    }
-    env.pop("CONSUL_HTTP_ADDR", None)
-    log_path = tmp_path / "gateway.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--graceful-timeout", "5"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(log_path.read_text()) from None
-            time.sleep(0.05)
-    return proc, url, log_path
+    return start_gateway_process(fakes, tmp_path, graceful_timeout=5, LOG_LEVEL="INFO")
 
 
 def records(log_path: Path) -> list[dict]:
