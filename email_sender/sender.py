@@ -86,7 +86,8 @@ class EmailSender:
     ``mailer``: delivers; ``store_factory()``: opens the store of the delivery log;
     ``publisher_factory()``: a :class:`Publisher` for outcomes (on the exchange the jobs
     came from); ``mail_from``: the From header; ``max_attempts``: the consumer's (reported
-    in ``email.failed`` when retries run out); ``clock``: the current time.
+    in ``email.failed`` when retries run out); ``clock``: the current time; ``lease``: how
+    long a send holds its job in the delivery log (:func:`send_lease`).
     """
 
     mailer: SmtpMailer
@@ -95,6 +96,7 @@ class EmailSender:
     mail_from: str
     max_attempts: int
     clock: Clock = utcnow
+    lease: timedelta = DEFAULT_LEASE
     # Opened on first use, in the handler thread.
     _store: Store | None = field(default=None, init=False, repr=False)
     _log: DeliveryLog | None = field(default=None, init=False, repr=False)
@@ -125,6 +127,7 @@ class EmailSender:
             ),
             mail_from=settings.mail_from,
             max_attempts=max_attempts or len(settings.retry_delays) + 1,
+            lease=send_lease(settings.smtp_timeout),
         )
 
     # -- the handler -------------------------------------------------------------------
@@ -246,9 +249,7 @@ class EmailSender:
     def _deliveries(self) -> DeliveryLog:
         if self._log is None:
             self._store = self.store_factory()
-            self._log = DeliveryLog(
-                self._store, clock=self.clock, lease=send_lease(self.mailer.timeout)
-            )
+            self._log = DeliveryLog(self._store, clock=self.clock, lease=self.lease)
         return self._log
 
     @staticmethod
