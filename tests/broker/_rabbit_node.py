@@ -229,21 +229,25 @@ class RabbitNode:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
 
-    def join(self, seed: RabbitNode) -> None:
-        """Make this (running, empty) node a member of ``seed``'s cluster."""
-        self.ctl("stop_app")
-        # join_cluster answers 69 (unavailable) while the seed is still settling (it happened
-        # with the nodes joining in parallel on a loaded machine): try again for a while.
-        for attempt in range(10):
+    def join(self, seed: RabbitNode, attempts: int = 5) -> None:
+        """Make this (running, empty) node a member of ``seed``'s cluster.
+
+        ``join_cluster`` answers 69 (unavailable) while the seed is still settling, and
+        ``start_app`` after it can fail with Mnesia not starting (both seen on a loaded
+        machine): the node is then reset, as it was before, and joins again."""
+        for attempt in range(attempts):
             try:
+                self.ctl("stop_app")
                 self.ctl("join_cluster", seed.node)
-                break
-            except subprocess.CalledProcessError as exc:
-                if exc.returncode != 69 or attempt == 9:
+                self.ctl("start_app")
+                self.wait_until_up()
+                return
+            except subprocess.CalledProcessError:
+                if attempt == attempts - 1:
                     raise
-                time.sleep(2)
-        self.ctl("start_app")
-        self.wait_until_up()
+            self.ctl("stop_app", check=False)
+            self.ctl("reset", check=False)
+            time.sleep(2)
 
 
 @contextlib.contextmanager
@@ -255,8 +259,10 @@ def private_nodes(count: int = 1) -> Iterator[list[RabbitNode]]:
     nodes = [RabbitNode(root / f"n{i}") for i in range(count)]
     try:
         _each(nodes, RabbitNode.boot)
-        # The others join the first one side by side (each waits for its own rabbitmqctl).
-        _each(nodes[1:], lambda node: node.join(nodes[0]))
+        # One at a time, as RabbitMQ's clustering guide does it: two nodes joining at once
+        # raced in Mnesia (start_app failed after join_cluster on a loaded machine).
+        for node in nodes[1:]:
+            node.join(nodes[0])
         yield nodes
     finally:
         _each(nodes, _stop_for_good)

@@ -115,7 +115,11 @@ def start(root: Path) -> TestHost:
         "\n".join(":" if line.strip().startswith("ulimit") else line for line in init) + "\n"
     )
     (root / "init.d-docker").chmod(0o755)
-    binds = "\n".join(f"mount --bind {root / d.strip('/').replace('/', '-')} {d}" for d in PRIVATE)
+    # The mount points may be missing on a machine where Docker never ran (its package makes
+    # /var/lib/docker only when the daemon first starts): made empty, as dockerd would.
+    binds = "\n".join(
+        f"mkdir -p {d}\nmount --bind {root / d.strip('/').replace('/', '-')} {d}" for d in PRIVATE
+    )
     (root / "start.sh").write_text(_START.format(root=root, binds=binds))
 
     _sh("ip", "netns", "add", NETNS)
