@@ -25,18 +25,6 @@ from devtools.http_doubles import (
 )
 
 
-@pytest.fixture(scope="module")
-def services() -> Iterator[FakeServices]:
-    with FakeServices() as started:
-        yield started
-
-
-@pytest.fixture
-def fakes(services: FakeServices) -> FakeServices:
-    services.reset()
-    return services
-
-
 @pytest.fixture
 def gateway(fakes: FakeServices) -> Iterator[str]:
     with running_gateway(fakes) as (url, _):
