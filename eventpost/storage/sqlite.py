@@ -174,7 +174,7 @@ class SqliteStore(Store):
                 check_same_thread=False,  # only close() touches it from another thread
                 cached_statements=256,
             )
-            conn.execute("PRAGMA journal_mode = WAL")
+            self._enter_wal(conn)
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
             conn.execute(f"PRAGMA mmap_size = {_MMAP_BYTES}")
@@ -182,6 +182,25 @@ class SqliteStore(Store):
             conn.execute(_OUTBOX_DDL)
             _add_outbox_columns(conn)
         return conn
+
+    def _enter_wal(self, conn: sqlite3.Connection) -> None:
+        """Put the file in WAL mode, waiting out other processes doing the same.
+
+        Turning a new file to WAL takes an exclusive lock, and SQLite answers ``database is
+        locked`` at once, without its busy handler, to a connection that meets another one
+        doing it (two instances of a service answering their first requests on a new file),
+        so the wait for up to the busy timeout is ours."""
+        deadline = time.monotonic() + self._busy_timeout
+        delay = 0.001
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     def _forget_dead_threads(self) -> None:
         alive = []

@@ -3,6 +3,7 @@ query plans all giving the same answers, savepoints, spec changes."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import random
 import re
@@ -16,6 +17,7 @@ import eventpost.storage._sqlite_find as sqlite_planner
 from eventpost.geo import haversine_km
 from eventpost.storage import AnyOf, CollectionSpec, DuplicateKey, Near, Query, Range
 from eventpost.storage._sqlite_schema import CollectionSchema
+from eventpost.storage.errors import StorageError
 from eventpost.storage.sqlite import SqliteStore
 from tests.contract.conftest import EVENTS
 
@@ -59,6 +61,44 @@ def test_two_processes_write_one_file_at_once(tmp_path):
     assert events.count({"title": "changed"}) == 30
     assert store.outbox_pending() == 300
     assert store.path.with_name("shared.sqlite3-wal").exists()  # WAL mode
+
+
+def _open_new_files(directory: str, rounds: int, barrier, results) -> None:  # type: ignore[no-untyped-def]
+    errors = []
+    for n in range(rounds):
+        barrier.wait(timeout=30)  # every process opens file n at the same moment
+        store = SqliteStore(Path(directory) / f"new-{n}.sqlite3")
+        try:
+            store.collection(EVENTS).count({})
+        except StorageError as exc:
+            errors.append(str(exc))
+        store.close()
+    results.put(errors)
+
+
+def test_instances_opening_a_new_file_at_once_all_get_it(tmp_path):
+    # Two instances of a service answering their first requests on a new file both turn it
+    # to WAL; without a wait of the store's own, about one open in ten was refused at once
+    # ("database is locked") and its request answered 500.
+    context = multiprocessing.get_context("fork")
+    processes, rounds = 3, 40
+    barrier, results = context.Barrier(processes), context.Queue()
+    children = [
+        context.Process(target=_open_new_files, args=(str(tmp_path), rounds, barrier, results))
+        for _ in range(processes)
+    ]
+    for child in children:
+        child.start()
+    errors = [error for _ in children for error in results.get(timeout=120)]
+    for child in children:
+        child.join(timeout=30)
+        assert child.exitcode == 0
+    assert errors == []
+    modes = set()
+    for n in range(rounds):
+        with contextlib.closing(sqlite3.connect(tmp_path / f"new-{n}.sqlite3")) as conn:
+            modes.add(conn.execute("PRAGMA journal_mode").fetchone()[0])
+    assert modes == {"wal"}
 
 
 def _use_inherited_store(store: SqliteStore, results) -> None:  # type: ignore[no-untyped-def]

@@ -246,7 +246,7 @@ def test_an_instance_killed_under_load_gets_no_traffic_once_its_check_fails(
         assert _tried(caplog, victim) == tried_before  # no new request went to the dead one
         # Requests in flight at the kill, and those sent before the check failed, were retried
         # on the other instance (GETs are idempotent): no client saw an error at all.
-        assert set(load.statuses) == {200}, sorted(set(load.statuses))
+        assert set(load.statuses) == {200}, (sorted(set(load.statuses)), _errors(first))
         assert discovery.instances("events") == [f"http://127.0.0.1:{first_port}"]
         print(
             f"SIGKILL under load: {len(load.statuses)} GETs, {failed_at} before the check "
@@ -258,6 +258,15 @@ def test_an_instance_killed_under_load_gets_no_traffic_once_its_check_fails(
         users.stop()
         first.stop()
         second.stop()
+
+
+def _errors(proc) -> list[str]:
+    """The log lines of ``proc`` at ERROR level or about a 5xx answer (for a failure's message)."""
+    return [
+        line
+        for line in proc.log_text().splitlines()
+        if '"level": "ERROR"' in line or '"status": 5' in line
+    ]
 
 
 def _tried(caplog, base: str) -> int:
