@@ -2,7 +2,8 @@
 
 - :mod:`email_sender.jobs`: pure, a message (``user.created``, ``user.email_added``,
   ``email.send``) read through its contract becomes an email job.
-- :mod:`email_sender.compose`: pure, a job becomes a :class:`~email.message.EmailMessage`.
+- :mod:`email_sender.compose`: pure, a job becomes an :class:`~email_sender.compose.OutgoingEmail`
+  (its MIME bytes).
 - :mod:`email_sender.mailer`: SMTP delivery over one reused connection, errors classified as
   temporary (retry) or permanent (report).
 - :mod:`email_sender.delivery_log`: the delivery log that keeps a redelivered job from being

@@ -18,13 +18,14 @@ escaped text). A job's ``subject`` overrides the template's. Jobs come from
 
 from __future__ import annotations
 
+import binascii
 import re
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import format_datetime, parseaddr
+from email.header import Header
+from email.utils import format_datetime, formataddr, parseaddr
 from functools import cache
 from typing import Any
 
@@ -39,6 +40,10 @@ REQUEST_ID_HEADER = "X-Request-ID"
 
 _MAX_SUBJECT = 250
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
+# What may stand in a To header as it is: one address, nothing that would start another
+# address, a comment or a header (jobs.parse_email_job has validated it already).
+_ADDR_SPEC = re.compile(r"^[^\s<>(),;:\\\"\[\]]+@[^\s<>(),;:\\\"\[\]@]+$")
+CRLF = "\r\n"
 
 
 # -- templates -----------------------------------------------------------------------------
@@ -200,31 +205,111 @@ def envelope_sender(mail_from: str) -> str:
     return parseaddr(mail_from)[1] or mail_from
 
 
+@dataclass(frozen=True)
+class OutgoingEmail:
+    """An email as SMTP sends it: its Message-ID, its envelope sender and recipients, its bytes
+    (CRLF line ends). ``smtputf8``: an address is not ASCII, so the headers carry UTF-8 and
+    the server must offer SMTPUTF8 (RFC 6531)."""
+
+    message_id: str
+    sender: str
+    recipients: tuple[str, ...]
+    data: bytes
+    smtputf8: bool = False
+
+
+# The longest header line written as is (RFC 5322 asks for 78; longer or non-ASCII values
+# are folded and, where not ASCII, encoded by email.header).
+_MAX_PLAIN_HEADER = 78
+# Lines SMTP takes in a 7bit body (RFC 5321: 998 octets and the CRLF).
+_MAX_7BIT_LINE = 998
+
+
+def _field(name: str, value: str) -> str:
+    """``Name: value`` as a header line (folded and RFC 2047-encoded when it must be)."""
+    if value.isascii() and len(name) + 2 + len(value) <= _MAX_PLAIN_HEADER:
+        return f"{name}: {value}\r\n"
+    folded = Header(value, "utf-8" if not value.isascii() else "us-ascii", header_name=name)
+    return f"{name}: {folded.encode(linesep=CRLF)}\r\n"
+
+
+@cache
+def _from_field(mail_from: str) -> str:
+    """The From line of ``MAIL_FROM`` (a display name that is not ASCII gets encoded)."""
+    name, address = parseaddr(mail_from)
+    if not address:
+        return _field("From", mail_from)
+    return f"From: {formataddr((name, address), charset='utf-8')}\r\n"
+
+
+def _part(subtype: str, text: str) -> bytes:
+    """One ``text/<subtype>`` part, UTF-8: 7bit when it is ASCII with short lines, else
+    quoted-printable (binascii's, in C; the ``email`` package's encoders are Python)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.endswith("\n"):
+        text += "\n"
+    body = text.replace("\n", CRLF).encode("utf-8")
+    if body.isascii() and all(len(line) <= _MAX_7BIT_LINE for line in body.split(b"\r\n")):
+        encoding = "7bit"
+    else:
+        encoding = "quoted-printable"
+        body = binascii.b2a_qp(body, istext=True)
+    head = (
+        f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+        f"Content-Transfer-Encoding: {encoding}\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
 def build_email(
     job: EmailJob,
     *,
     mail_from: str,
     now: datetime,
     request_id: str | None = None,
-) -> EmailMessage:
+) -> OutgoingEmail:
     """The email of ``job``: ``multipart/alternative`` (text, then HTML), with From, To,
     Subject, Date, a Message-ID derived from the idempotency key, ``X-Request-ID`` (when the
-    request ID is sane) and ``X-EventPost-Idempotency-Key``. Raises :class:`InvalidJob`."""
+    request ID is sane) and ``X-EventPost-Idempotency-Key``. Raises :class:`InvalidJob`.
+
+    Written straight to bytes (the encoders are the ``email`` package's and binascii's):
+    building and flattening the same reminder as an ``EmailMessage`` took about eight times
+    as long (its header registry parses every header back, its content manager encodes each
+    part in Python), and was ~40 % of the email-sender's busy time."""
     content = content_of(job)
-    msg = EmailMessage()
-    msg["From"] = mail_from
-    try:
-        msg["To"] = Address(addr_spec=job.to)
-    except (ValueError, IndexError) as exc:
-        raise InvalidJob(f"to is not a valid email address: {exc}") from None
-    msg["Subject"] = content.subject
-    msg["Date"] = format_datetime(now)
-    msg["Message-ID"] = message_id_for(job.idempotency_key, mail_from)
+    to = job.to
+    if not _ADDR_SPEC.match(to):
+        raise InvalidJob(f"to is not a valid email address: {to!r}")
+    smtputf8 = not to.isascii()
+    message_id = message_id_for(job.idempotency_key, mail_from)
+    text = _part("plain", content.text)
+    html = _part("html", content.html)
+    boundary = f"=_{uuid.uuid4().hex}"
+    while boundary.encode("ascii") in text or boundary.encode("ascii") in html:
+        boundary = f"=_{uuid.uuid4().hex}"  # pragma: no cover - 2**-122 a time
+    head = [
+        _from_field(mail_from),
+        f"To: {to}\r\n" if smtputf8 else _field("To", to),
+        _field("Subject", content.subject),
+        f"Date: {format_datetime(now)}\r\n",
+        f"Message-ID: {message_id}\r\n",
+    ]
     if request_id and _SAFE_REQUEST_ID.match(request_id):
-        msg[REQUEST_ID_HEADER] = request_id
-    msg[IDEMPOTENCY_HEADER] = job.idempotency_key
+        head.append(f"{REQUEST_ID_HEADER}: {request_id}\r\n")
+    head.append(_field(IDEMPOTENCY_HEADER, job.idempotency_key))
     # RFC 3834: machine-sent mail; keeps auto-responders from answering it.
-    msg["Auto-Submitted"] = "auto-generated"
-    msg.set_content(content.text)
-    msg.add_alternative(content.html, subtype="html")
-    return msg
+    head.append("Auto-Submitted: auto-generated\r\n")
+    head.append("MIME-Version: 1.0\r\n")
+    head.append(f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n\r\n')
+    # The CRLF before a delimiter belongs to the delimiter (RFC 2046), not to the part.
+    data = b"".join(
+        (
+            "".join(head).encode("utf-8"),
+            f"--{boundary}\r\n".encode("ascii"),
+            text,
+            f"\r\n--{boundary}\r\n".encode("ascii"),
+            html,
+            f"\r\n--{boundary}--\r\n".encode("ascii"),
+        )
+    )
+    return OutgoingEmail(message_id, envelope_sender(mail_from), (to,), data, smtputf8)

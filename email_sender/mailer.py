@@ -20,8 +20,8 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field
-from email.message import EmailMessage
 
+from email_sender.compose import OutgoingEmail
 from eventpost.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -112,9 +112,9 @@ class SmtpMailer:
         """Whether a connection is open (it may still turn out to be dead)."""
         return self._conn is not None
 
-    def send(self, msg: EmailMessage, *, sender: str | None = None) -> None:
-        """Deliver ``msg`` to the addresses in its To/Cc/Bcc headers (envelope sender
-        ``sender``, default the From address). Returns once the server accepted it.
+    def send(self, email: OutgoingEmail, *, sender: str | None = None) -> None:
+        """Deliver ``email`` to its recipients (envelope sender ``sender``, default its own).
+        Returns once the server accepted it.
         Raises :class:`TemporaryMailError` or :class:`PermanentMailError`."""
         try:
             conn = self._connection()
@@ -132,7 +132,16 @@ class SmtpMailer:
             self.close()
             raise TemporaryMailError(f"SMTP {self.host}:{self.port}: {exc!r}") from exc
         try:
-            refused = conn.send_message(msg, from_addr=sender)
+            refused = conn.sendmail(
+                sender or email.sender,
+                list(email.recipients),
+                email.data,
+                # As smtplib's send_message does for an address that is not ASCII.
+                mail_options=("SMTPUTF8", "BODY=8BITMIME") if email.smtputf8 else (),
+            )
+        except smtplib.SMTPNotSupportedError as exc:
+            # The recipient's address is not ASCII and this server does not take such mail.
+            raise PermanentMailError(f"SMTP {self.host}:{self.port}: {exc}") from exc
         except smtplib.SMTPRecipientsRefused as exc:
             # Every recipient was refused; each has its own reply, take the first.
             code, reply = next(iter(exc.recipients.values()))

@@ -166,19 +166,19 @@ class EmailSender:
             )
             return
         try:
-            msg = compose.build_email(
+            email = compose.build_email(
                 job, mail_from=self.mail_from, now=self.clock(), request_id=envelope.request_id
             )
         except InvalidJob as exc:
             raise PermanentError(str(exc)) from exc
-        message_id = str(msg["Message-ID"])
+        message_id = email.message_id
         if known is not None:
             # A previous attempt got as far as SMTP: it failed, or its worker died (then
             # the server may have the message already; see email_sender.delivery_log).
             log.info("job seen before, sending again", extra={**info, "was": known.status})
         deliveries.begin(job.idempotency_key, message_id, attempt, known)
         try:
-            self.mailer.send(msg, sender=compose.envelope_sender(self.mail_from))
+            self.mailer.send(email)
         except PermanentMailError as exc:
             log.warning(
                 "SMTP refused the email for good; not retrying",

@@ -93,12 +93,12 @@ def plain_client(port: int, n: int) -> None:
     with smtplib.SMTP("127.0.0.1", port, local_hostname="bench") as smtp:
         for i in range(n):
             envelope = job(run, i)
-            msg = build_email(
+            email = build_email(
                 job_from_message(envelope.type, envelope.payload),
                 mail_from="EventPost <noreply@eventpost.test>",
                 now=datetime.now(UTC),
             )
-            smtp.send_message(msg)
+            smtp.sendmail(email.sender, list(email.recipients), email.data)
 
 
 def plain_smtplib(n: int) -> dict:

@@ -219,3 +219,26 @@ def test_sink_keeps_each_message_as_a_file(tmp_path):
     assert len(files) == 2
     assert all(f.suffix == ".eml" and not f.name.startswith(".") for f in files)
     assert b"X-RcptTo: ann@example.com" in files[0].read_bytes()
+
+
+def test_an_address_that_is_not_ascii_goes_with_smtputf8_where_the_server_offers_it():
+    handler = ScriptedHandler()
+    with (
+        smtp_server(handler, enable_SMTPUTF8=True) as server,
+        SmtpMailer("127.0.0.1", server.port, timeout=5) as m,
+    ):
+        m.send(email(to="jörg@example.com"))
+    assert [str(msg["To"]) for msg in handler.accepted] == ["jörg@example.com"]
+
+
+def test_an_address_that_is_not_ascii_is_refused_for_good_where_the_server_lacks_smtputf8():
+    handler = ScriptedHandler()
+    with (
+        smtp_server(handler, enable_SMTPUTF8=False) as server,
+        SmtpMailer("127.0.0.1", server.port, timeout=5) as m,
+    ):
+        with pytest.raises(PermanentMailError, match="SMTPUTF8"):
+            m.send(email(to="jörg@example.com"))
+        m.send(email(to="ann@example.com"))  # the same connection goes on
+    assert [str(msg["To"]) for msg in handler.accepted] == ["ann@example.com"]
+    assert len(handler.sessions) == 1

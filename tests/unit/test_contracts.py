@@ -5,11 +5,11 @@ publishes are exactly ``email.sent`` / ``email.failed`` payloads."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from typing import Any
 
 import pytest
 
+from email_sender.compose import OutgoingEmail
 from email_sender.jobs import InvalidJob, job_from_message
 from email_sender.mailer import PermanentMailError, TemporaryMailError
 from email_sender.sender import EmailSender
@@ -148,10 +148,10 @@ class FakeMailer:
     """Records what it is asked to send; raises ``error`` instead when set."""
 
     def __init__(self) -> None:
-        self.sent: list[EmailMessage] = []
+        self.sent: list[OutgoingEmail] = []
         self.error: Exception | None = None
 
-    def send(self, msg: EmailMessage, *, sender: str | None = None) -> None:
+    def send(self, msg: OutgoingEmail, *, sender: str | None = None) -> None:
         if self.error is not None:
             raise self.error
         self.sent.append(msg)
@@ -205,7 +205,7 @@ def test_a_sent_email_is_reported_as_exactly_email_sent(tmp_path):
         assert sent.idempotency_key == REMINDER.idempotency_key
         assert sent.correlation == REMINDER.correlation
         assert sent.attempts == 1
-        assert sent.message_id == str(mailer.sent[0]["Message-ID"])
+        assert sent.message_id == mailer.sent[0].message_id
 
 
 def test_a_refused_email_is_reported_as_exactly_email_failed(tmp_path):

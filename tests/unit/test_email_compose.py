@@ -36,15 +36,16 @@ EVENT = {
 def build(job: EmailJob, request_id: str | None = "req-1") -> EmailMessage:
     msg = build_email(job, mail_from=MAIL_FROM, now=NOW, request_id=request_id)
     # What the receiver sees: the bytes on the wire, parsed again.
-    return message_from_bytes(msg.as_bytes(), policy=policy.default)  # type: ignore[return-value]
+    return message_from_bytes(msg.data, policy=policy.default)  # type: ignore[return-value]
 
 
 def text(msg: EmailMessage) -> str:
-    return msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    # Line ends as a mail reader shows them (on the wire they are CRLF).
+    return msg.get_body(("plain",)).get_content().replace("\r\n", "\n")  # type: ignore[union-attr]
 
 
 def html(msg: EmailMessage) -> str:
-    return msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    return msg.get_body(("html",)).get_content().replace("\r\n", "\n")  # type: ignore[union-attr]
 
 
 def reminder_job(**changes) -> EmailJob:
@@ -259,3 +260,48 @@ def test_welcome_without_username_and_unknown_message_types_are_invalid():
         job_from_message("event.created", {"event": {}})
     with pytest.raises(InvalidJob, match="username"):
         build(EmailJob(to="a@example.com", idempotency_key="k", template="welcome", context={}))
+
+
+def test_text_that_is_not_ascii_and_long_headers_come_back_as_written():
+    subject = "Rappel : Fête de l'été à Montréal " + "très " * 30
+    job = EmailJob(
+        to="ann@example.com",
+        idempotency_key="k-été",
+        subject=subject,
+        text="Première ligne\nsecond line\r\n.a dot first\n" + "é" * 200,
+    )
+    email = build_email(job, mail_from="Événements <no-reply@eventpost.local>", now=NOW)
+    assert email.data.isascii() and not email.smtputf8  # 7-bit clean: any server takes it
+    assert b"\n" not in email.data.replace(b"\r\n", b"")  # CRLF line ends only
+    head = email.data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    assert max(len(line) for line in head) <= 78
+    msg = message_from_bytes(email.data, policy=policy.default)
+    assert msg["Subject"] == " ".join(subject.split())
+    assert msg["From"] == "Événements <no-reply@eventpost.local>"
+    assert msg[IDEMPOTENCY_HEADER] == "k-été"
+    assert text(msg) == "Première ligne\nsecond line\n.a dot first\n" + "é" * 200 + "\n"
+    assert "Première ligne" in html(msg)
+    assert msg.defects == [] and all(part.defects == [] for part in msg.iter_parts())
+    assert email.recipients == ("ann@example.com",)
+    assert email.sender == "no-reply@eventpost.local"
+
+
+def test_ascii_parts_go_as_7bit_and_a_recipient_that_is_not_ascii_needs_smtputf8():
+    job = EmailJob(to="jörg@example.com", idempotency_key="k1", subject="Hi", text="Plain.")
+    email = build_email(job, mail_from=MAIL_FROM, now=NOW)
+    assert email.smtputf8
+    msg = message_from_bytes(email.data, policy=policy.default)
+    assert msg["To"] == "jörg@example.com"
+    assert msg.get_body(("plain",))["Content-Transfer-Encoding"] == "7bit"
+
+
+@pytest.mark.parametrize(
+    "to", ["ann@example.com, bob@example.com", "Ann <ann@example.com>", "ann@example.com\r\nBcc: x"]
+)
+def test_a_to_that_is_not_one_bare_address_is_refused(to):
+    with pytest.raises(InvalidJob, match="not a valid email address"):
+        build_email(
+            EmailJob(to=to, idempotency_key="k", subject="s", text="t"),
+            mail_from=MAIL_FROM,
+            now=NOW,
+        )
