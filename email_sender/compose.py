@@ -67,6 +67,8 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        # The templates ship with the package: no stat of every file on every render.
+        auto_reload=False,
     )
     env.filters["readable_time"] = readable_time
     return env
