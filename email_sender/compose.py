@@ -202,6 +202,7 @@ def message_id_for(idempotency_key: str, mail_from: str) -> str:
     return f"<{digest('eventpost', idempotency_key)}.eventpost@{_domain(mail_from)}>"
 
 
+@cache
 def envelope_sender(mail_from: str) -> str:
     """The bare address of ``MAIL_FROM`` (``EventPost <a@b>`` -> ``a@b``)."""
     return parseaddr(mail_from)[1] or mail_from
@@ -210,8 +211,8 @@ def envelope_sender(mail_from: str) -> str:
 @dataclass(frozen=True)
 class OutgoingEmail:
     """An email as SMTP sends it: its Message-ID, its envelope sender and recipients, its bytes
-    (CRLF line ends). ``smtputf8``: an address is not ASCII, so the headers carry UTF-8 and
-    the server must offer SMTPUTF8 (RFC 6531)."""
+    (CRLF line ends). ``smtputf8``: an address (recipient or sender) is not ASCII, so the
+    headers carry UTF-8 and the server must offer SMTPUTF8 (RFC 6531)."""
 
     message_id: str
     sender: str
@@ -241,6 +242,8 @@ def _from_field(mail_from: str) -> str:
     name, address = parseaddr(mail_from)
     if not address:
         return _field("From", mail_from)
+    if not address.isascii():
+        return f"From: {mail_from}\r\n"  # sent with SMTPUTF8: UTF-8 as it is (RFC 6532)
     return f"From: {formataddr((name, address), charset='utf-8')}\r\n"
 
 
@@ -282,7 +285,8 @@ def build_email(
     to = job.to
     if not _ADDR_SPEC.match(to):
         raise InvalidJob(f"to is not a valid email address: {to!r}")
-    smtputf8 = not to.isascii()
+    sender = envelope_sender(mail_from)
+    smtputf8 = not to.isascii() or not sender.isascii()
     message_id = message_id_for(job.idempotency_key, mail_from)
     text = _part("plain", content.text)
     html = _part("html", content.html)
@@ -314,4 +318,4 @@ def build_email(
             f"\r\n--{boundary}--\r\n".encode("ascii"),
         )
     )
-    return OutgoingEmail(message_id, envelope_sender(mail_from), (to,), data, smtputf8)
+    return OutgoingEmail(message_id, sender, (to,), data, smtputf8)

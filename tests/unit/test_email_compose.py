@@ -305,3 +305,12 @@ def test_a_to_that_is_not_one_bare_address_is_refused(to):
             mail_from=MAIL_FROM,
             now=NOW,
         )
+
+
+def test_a_sender_address_that_is_not_ascii_needs_smtputf8_too():
+    job = EmailJob(to="ann@example.com", idempotency_key="k1", subject="Hi", text="Plain.")
+    email = build_email(job, mail_from="Événements <envoi@événements.example>", now=NOW)
+    assert email.smtputf8
+    assert email.sender == "envoi@événements.example"
+    msg = message_from_bytes(email.data, policy=policy.default)
+    assert msg["From"] == "Événements <envoi@événements.example>"
