@@ -10,6 +10,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
+from eventpost.messaging._pipe import NACKED, RETURNED, ConfirmPipe, Outgoing
 from eventpost.messaging.envelope import Envelope
 from eventpost.messaging.topology import (
     EXCHANGE,
@@ -38,6 +39,8 @@ class Unroutable(PublishError):
 # Connection or channel trouble: worth one reconnect. UnroutableError and NackError are
 # AMQPChannelErrors too, so they are caught before this.
 _CONNECTION_TROUBLE = (pika.exceptions.AMQPError, OSError)
+# What ConfirmPipe reports for a message left without its confirm.
+_CONNECTION_LOST = (pika.exceptions.AMQPConnectionError, OSError)
 
 
 class Publisher:
@@ -45,8 +48,10 @@ class Publisher:
 
     The connection is opened on the first :meth:`publish` (never at construction) and the
     exchange declared then. :meth:`publish` returns only once the broker confirmed the
-    message. A lost connection, or a nack, makes it reopen the connection once and publish
-    again; a second failure raises :class:`PublishError`. ``amqp_url`` may list several
+    message; :meth:`publish_many` sends a batch with their confirms in flight together (one
+    round trip for the lot instead of one each, on a connection of its own). A lost
+    connection, or a nack, makes it reopen the connection once and publish again; a second
+    failure raises :class:`PublishError`. ``amqp_url`` may list several
     nodes, comma separated: each connect tries them in order, so a publisher moves to a live
     node by itself.
 
@@ -63,6 +68,7 @@ class Publisher:
         connection_name: str | None = None,
         subscriptions: Mapping[str, Sequence[str]] | None = None,
         queue_type: str = "classic",
+        confirm_timeout: float = 15.0,
     ) -> None:
         self.amqp_url = amqp_url
         self.exchange = exchange
@@ -73,9 +79,12 @@ class Publisher:
         # The type those queues are declared with: the consumers' (Settings.amqp_queue_type).
         self.queue_type = queue_type
         self.connect_timeout = connect_timeout
+        # How long publish_many waits for a batch's confirms before it counts the rest lost.
+        self.confirm_timeout = confirm_timeout
         self.connection_name = connection_name or default_connection_name("publisher")
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
+        self._pipe: ConfirmPipe | None = None
 
     @property
     def connected(self) -> bool:
@@ -125,10 +134,95 @@ class Publisher:
                 )
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def publish_many(
+        self, envelopes: Sequence[Envelope], *, timeout: float | None = None
+    ) -> list[PublishError | None]:
+        """Publish ``envelopes`` in order, each with the routing key of its type, writing
+        them all before waiting for their confirms; returns, for each, None once confirmed
+        or the error :meth:`publish` would have raised for it (:class:`Unroutable`, or
+        :class:`PublishError` whose ``__cause__`` tells a nack or framing error from the
+        broker being unreachable). As with :meth:`publish`, what a lost connection or a
+        nack left unconfirmed is published once more on a new connection. ``timeout``: how
+        long to wait for the confirms of each attempt (default ``confirm_timeout``)."""
+        wait = self.confirm_timeout if timeout is None else timeout
+        messages = [
+            Outgoing(env.type, env.to_bytes(), env.amqp_properties(), env.id) for env in envelopes
+        ]
+        results: list[PublishError | None] = [None] * len(messages)
+        todo = list(range(len(messages)))
+        for attempt in (1, 2):
+            try:
+                pipe = self._ensure_pipe()
+            except _CONNECTION_TROUBLE as exc:
+                self._close_pipe()
+                if attempt == 2:
+                    for index in todo:
+                        results[index] = _failure(envelopes[index], exc)
+                    break
+                log.warning(
+                    "publisher could not connect, trying once more", extra={"error": repr(exc)}
+                )
+                continue
+            outcomes = pipe.publish([messages[index] for index in todo], timeout=wait)
+            again: list[int] = []
+            for index, outcome in zip(todo, outcomes, strict=True):
+                envelope = envelopes[index]
+                if outcome is None:
+                    results[index] = None
+                elif outcome == RETURNED:
+                    results[index] = Unroutable(
+                        f"no queue is bound to {envelope.type!r} on exchange {self.exchange!r}"
+                    )
+                elif attempt == 1 and (outcome == NACKED or isinstance(outcome, _CONNECTION_LOST)):
+                    again.append(index)
+                elif outcome == NACKED:
+                    results[index] = _failure(envelope, pika.exceptions.NackError([]))
+                else:
+                    results[index] = _failure(envelope, outcome)
+            if not again:
+                break
+            # A nacking channel or a lost connection: a fresh connection, as publish() does.
+            self._close_pipe()
+            log.warning(
+                "publishes nacked or unconfirmed, reconnecting once",
+                extra={"messages": len(again)},
+            )
+            todo = again
+        return results
+
+    def _ensure_pipe(self) -> ConfirmPipe:
+        if self._pipe is not None and self._pipe.is_open:
+            return self._pipe
+        self._close_pipe()
+        # Exchange and subscriptions are declared on a blocking channel (the helpers'), which
+        # is closed again: publish_many needs only the pipe's connection.
+        self._ensure_channel()
+        self._discard()
+        parameters = connection_parameters(
+            self.amqp_url, self.connection_name, timeout=self.connect_timeout
+        )
+        pipe = ConfirmPipe(parameters, self.exchange)
+        pipe.open(self.connect_timeout)
+        self._pipe = pipe
+        return pipe
+
+    def _close_pipe(self) -> None:
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            pipe.close()
+
     def keepalive(self) -> None:
         """Answer heartbeats on an idle open connection (a relay calls this while polling),
         so the broker does not drop it. Never connects; a dead connection is dropped and the
         next publish reconnects."""
+        if self._pipe is not None:
+            try:
+                self._pipe.keepalive()
+            except _CONNECTION_TROUBLE as exc:
+                log.info("publisher connection lost while idle", extra={"error": repr(exc)})
+                self._close_pipe()
+            if self._pipe is not None and not self._pipe.is_open:
+                self._close_pipe()
         if self._connection is None:
             return
         try:
@@ -138,10 +232,9 @@ class Publisher:
             self._discard()
 
     def close(self) -> None:
-        """Close the connection, if one is open. The publisher can be used again after."""
-        connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None:
-            close_quietly(connection)
+        """Close the connections, if open. The publisher can be used again after."""
+        self._close_pipe()
+        self._discard()
 
     def __enter__(self) -> Publisher:
         return self
@@ -175,5 +268,17 @@ class Publisher:
         return channel
 
     def _discard(self) -> None:
-        """Forget a broken connection (closing it quietly if it is still half open)."""
-        self.close()
+        """Forget a broken blocking connection (closing it quietly if still half open)."""
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
+            close_quietly(connection)
+
+
+def _failure(envelope: Envelope, cause: BaseException) -> PublishError:
+    """The PublishError of ``envelope`` for ``cause`` (kept as its ``__cause__``)."""
+    if isinstance(cause, pika.exceptions.NackError):
+        error = PublishError(f"the broker nacked message {envelope.id}")
+    else:
+        error = PublishError(f"could not publish message {envelope.id}: {cause!r}")
+    error.__cause__ = cause
+    return error

@@ -77,6 +77,11 @@ class _HangingPublisher(Publisher):
         Path(self.marker).write_text(envelope.id)
         threading.Event().wait(600)
 
+    def publish_many(self, envelopes, *, timeout=None):  # type: ignore[no-untyped-def]
+        Path(self.marker).write_text(envelopes[0].id)
+        threading.Event().wait(600)
+        return []
+
 
 def run_relay(args: argparse.Namespace) -> int:
     from eventpost.storage.sqlite import SqliteStore

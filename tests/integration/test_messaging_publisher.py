@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 import pika
+import pika.exceptions
 import pytest
 
 from eventpost.messaging import Envelope, Publisher, PublishError, Unroutable
@@ -81,3 +82,46 @@ def test_connection_closed_by_the_broker_is_reopened_and_the_publish_retried(bro
         publisher.publish(second)
     ids = [Envelope.from_bytes(body).id for _m, _p, body in broker.take_all(sink)]
     assert ids == [first.id, second.id]
+
+
+def test_publish_many_keeps_the_order_and_reports_each_message(broker: Broker):
+    sink = broker.bound_queue("thing.happened")
+    batch = [Envelope.new("thing.happened", {"n": n}) for n in range(50)]
+    nobody = Envelope.new("nobody.listens", {})
+    poison = Envelope.new("x" * 300, {})  # a type AMQP cannot carry: never framed
+    sent = [*batch[:20], nobody, *batch[20:30], poison, *batch[30:]]
+    with publisher_for(broker) as publisher:
+        results = publisher.publish_many(sent)
+    assert isinstance(results[20], Unroutable)
+    assert isinstance(results[31], PublishError) and not isinstance(results[31], Unroutable)
+    assert isinstance(results[31].__cause__, pika.exceptions.ShortStringTooLong)
+    assert [r for i, r in enumerate(results) if i not in (20, 31)] == [None] * 50
+    taken = broker.take_all(sink)
+    assert [Envelope.from_bytes(body).id for _m, _p, body in taken] == [e.id for e in batch]
+    assert {props.delivery_mode for _m, props, _b in taken} == {pika.DeliveryMode.Persistent.value}
+
+
+def test_publish_many_after_the_broker_closed_its_connection_reconnects(broker: Broker):
+    sink = broker.bound_queue("thing.happened")
+    first = [Envelope.new("thing.happened", {"n": n}) for n in range(3)]
+    second = [Envelope.new("thing.happened", {"n": n}) for n in range(3, 6)]
+    with publisher_for(broker) as publisher:
+        assert publisher.publish_many(first) == [None] * 3
+        # The batch connection is the only one left open: the declaring one was closed.
+        assert close_connections_named(publisher.connection_name) == 1
+        assert publisher.publish_many(second) == [None] * 3
+    ids = [Envelope.from_bytes(body).id for _m, _p, body in broker.take_all(sink)]
+    assert ids == [e.id for e in first + second]
+
+
+def test_publish_many_to_an_unreachable_broker_reports_each_as_an_outage():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    publisher = Publisher(f"amqp://guest:guest@127.0.0.1:{port}/%2F", connect_timeout=2.0)
+    results = publisher.publish_many([Envelope.new("thing.happened", {}) for _ in range(3)])
+    assert len(results) == 3
+    for result in results:
+        assert isinstance(result, PublishError) and not isinstance(result, Unroutable)
+        assert isinstance(result.__cause__, (pika.exceptions.AMQPConnectionError, OSError))
+    publisher.close()

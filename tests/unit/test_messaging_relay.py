@@ -36,6 +36,19 @@ class FakePublisher:
             raise self.failures[envelope.type]
         self.published.append(envelope.id)
 
+    def publish_many(
+        self, envelopes: list[Envelope], *, timeout: float | None = None
+    ) -> list[PublishError | None]:
+        results: list[PublishError | None] = []
+        for envelope in envelopes:
+            try:
+                self.publish(envelope)
+            except PublishError as exc:
+                results.append(exc)
+            else:
+                results.append(None)
+        return results
+
     def keepalive(self) -> None:
         pass
 
