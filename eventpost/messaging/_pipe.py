@@ -64,6 +64,7 @@ class ConfirmPipe:
         self._ids: list[str] = []
         self._returned: set[str] = set()
         self._active = False
+        self._closed = False
 
     @property
     def is_open(self) -> bool:
@@ -80,9 +81,8 @@ class ConfirmPipe:
 
     def open(self, timeout: float) -> None:
         """Connect and put a channel in confirm mode; raises
-        :class:`pika.exceptions.AMQPConnectionError` when no broker answers in ``timeout``."""
-        self.close()
-        self._broken = None
+        :class:`pika.exceptions.AMQPConnectionError` when no broker answers in ``timeout``
+        (then :meth:`close` it all the same). Called once per pipe."""
         result: list[Any] = []
 
         def on_done(connection_or_error: Any) -> None:
@@ -223,14 +223,18 @@ class ConfirmPipe:
         self._broken = self._broken or reason
 
     def close(self) -> None:
-        """Close the connection (waiting briefly for the broker's close-ok)."""
-        connection, self._connection, self._channel = self._connection, None, None
-        if connection is None:
+        """Close the connection (waiting briefly for the broker's close-ok) and release the
+        I/O loop (its poller and wake-up sockets). A closed pipe is not opened again."""
+        if self._closed:
             return
-        if connection.is_open:
+        self._closed = True
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None and connection.is_open:
             with contextlib.suppress(pika.exceptions.AMQPError):
                 connection.close()
-        self._run_until(lambda: connection.is_closed, time.monotonic() + 1.0)
+        if connection is not None:
+            self._run_until(lambda: connection.is_closed, time.monotonic() + 1.0)
         if self._active:
             self._ioloop.deactivate_poller()
             self._active = False
+        self._ioloop.close()

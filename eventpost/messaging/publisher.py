@@ -202,7 +202,11 @@ class Publisher:
             self.amqp_url, self.connection_name, timeout=self.connect_timeout
         )
         pipe = ConfirmPipe(parameters, self.exchange)
-        pipe.open(self.connect_timeout)
+        try:
+            pipe.open(self.connect_timeout)
+        except BaseException:
+            pipe.close()
+            raise
         self._pipe = pipe
         return pipe
 

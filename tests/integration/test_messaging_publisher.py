@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pika
@@ -110,8 +111,14 @@ def test_publish_many_after_the_broker_closed_its_connection_reconnects(broker: 
         # The batch connection is the only one left open: the declaring one was closed.
         assert close_connections_named(publisher.connection_name) == 1
         assert publisher.publish_many(second) == [None] * 3
+        # Each reconnect gives back the sockets of the connection it replaces.
+        opened = len(os.listdir("/proc/self/fd"))
+        for _ in range(6):
+            assert close_connections_named(publisher.connection_name) == 1
+            assert publisher.publish_many(second[:1]) == [None]
+        assert len(os.listdir("/proc/self/fd")) <= opened + 1
     ids = [Envelope.from_bytes(body).id for _m, _p, body in broker.take_all(sink)]
-    assert ids == [e.id for e in first + second]
+    assert ids == [e.id for e in first + second + second[:1] * 6]
 
 
 def test_publish_many_to_an_unreachable_broker_reports_each_as_an_outage():
