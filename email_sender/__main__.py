@@ -9,7 +9,9 @@ share queues with a running suite.
 own broker connection, handler thread and reused SMTP connection, so N emails are in flight
 at once: one email is a handful of round trips (SMTP's MAIL, RCPT, DATA; the confirmed
 ``email.sent``; the ack), and a single consumer spent most of its time waiting on them.
-They share the delivery log's store.
+They share the delivery log's store. ``--batch N`` (default 10) lets each consumer take up to
+N of the messages it has fetched at once: their emails go out one by one, their ``sent``
+records and ``email.sent`` reports together at the end (see :mod:`email_sender.sender`).
 
 On SIGTERM each message in hand is finished (the SMTP send is bounded by SMTP_TIMEOUT) and
 settled; messages fetched ahead go back to the queue; nothing is dropped.
@@ -50,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--concurrency", type=int, default=4, help="consumers (emails in flight) (default 4)"
     )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=10,
+        help="fetched messages a consumer takes at once; their sent records and reports are "
+        "written together (default 10; 1: each on its own)",
+    )
     return parser
 
 
@@ -61,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     bindings = [key.strip() for key in args.bindings.split(",") if key.strip()]
     store_factory = delivery_store_factory(settings)
     senders = [
-        EmailSender.from_settings(settings, exchange=args.exchange, store_factory=store_factory)
+        EmailSender.from_settings(
+            settings, exchange=args.exchange, store_factory=store_factory, batch_size=args.batch
+        )
         for _ in range(max(1, args.concurrency))
     ]
     worker = Worker("email-sender")
@@ -85,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             "smtp_tls": settings.smtp_tls,
             "retry_delays": list(settings.retry_delays),
             "concurrency": len(senders),
+            "batch": args.batch,
         },
     )
     attach_to_worker(worker, settings, "email-sender")

@@ -43,7 +43,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -51,6 +51,7 @@ from typing import Any
 from eventpost.storage import (
     CollectionSpec,
     DuplicateKey,
+    NotFound,
     Range,
     Store,
     VersionConflict,
@@ -138,6 +139,7 @@ class DeliveryLog:
         owner: str | None = None,
         lease: timedelta = DEFAULT_LEASE,
     ) -> None:
+        self._store = store
         self._deliveries = store.collection(DELIVERIES)
         self._clock = clock
         self.owner = owner or new_owner()
@@ -230,6 +232,14 @@ class DeliveryLog:
             },
         )
 
+    def sent_many(self, accepted: Sequence[tuple[str, str, int, datetime]]) -> None:
+        """Record several accepted emails at once, each ``(key, message_id, attempt,
+        sent_at)``: one transaction where the store has them (else one write after the
+        other: a failure leaves the ones before it recorded)."""
+        with self._store.transaction():
+            for key, message_id, attempt, sent_at in accepted:
+                self.sent(key, message_id, attempt, sent_at)
+
     def failed(self, key: str, error: str, attempt: int, *, permanent: bool) -> Delivery:
         """Record that the email of ``key`` was given up: ``permanent`` when the server
         refused it for good (then no later copy is tried), else out of retries (a later copy
@@ -250,12 +260,12 @@ class DeliveryLog:
 
     def _finish(self, key: str, changes: dict[str, Any]) -> Delivery:
         changes["updated_at"] = format_time(self._clock())
-        if self._deliveries.get(key) is None:
+        try:
+            doc = self._deliveries.update(key, changes)
+        except NotFound:  # never begun here (e.g. given up before any send)
             doc = self._deliveries.insert(
                 {"id": key, "message_id": None, "sent_at": None, "error": None, **changes}
             )
-        else:
-            doc = self._deliveries.update(key, changes)
         return Delivery.from_doc(doc)
 
     def prune(self, older_than: timedelta) -> int:

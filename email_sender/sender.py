@@ -28,6 +28,16 @@ Outcomes are built as their contracts (:class:`~eventpost.contracts.EmailSent`,
 idempotency key and the outcome, so a repeated report of the same outcome is recognisable as
 such by its consumer.
 
+With ``batch_size`` > 1 (the email-sender's ``--batch``), the consumer hands a sender up
+to that many fetched messages at once and calls :meth:`EmailSender.flush` after them: the
+emails are sent one by one as above, each marked ``sending`` before its SMTP transaction,
+but their ``sent`` records are written together (one transaction) and their ``email.sent``
+published together (one wait for all the confirms) at the end of the batch; only then are
+the messages acked. A message whose record or report failed there is retried like one whose
+handler raised. The guarantee is the one above: a crash before the end of the batch leaves
+its messages unacked and their records ``sending``, so they are sent again (same Message-ID).
+Two copies of one job in the same batch make one email.
+
 Everything an :class:`EmailSender` opens (store, SMTP connection, publisher) is opened lazily
 in the consumer's handler thread, the one thread that calls :meth:`~EmailSender.handle` and
 :meth:`~EmailSender.on_exhausted`.
@@ -97,11 +107,14 @@ class EmailSender:
     max_attempts: int
     clock: Clock = utcnow
     lease: timedelta = DEFAULT_LEASE
+    batch_size: int = 1
     # Opened on first use, in the handler thread.
     _store: Store | None = field(default=None, init=False, repr=False)
     _log: DeliveryLog | None = field(default=None, init=False, repr=False)
     _publisher: Publisher | None = field(default=None, init=False, repr=False)
     _last_prune: datetime | None = field(default=None, init=False, repr=False)
+    # Batch mode: the accepted emails whose record and report wait for flush(), by key.
+    _pending: dict[str, _Accepted] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def from_settings(
@@ -111,9 +124,11 @@ class EmailSender:
         exchange: str = EXCHANGE,
         max_attempts: int | None = None,
         store_factory: Callable[[], Store] | None = None,
+        batch_size: int = 1,
     ) -> EmailSender:
         """An EmailSender for the SMTP server, store and broker of ``settings``
-        (``store_factory``: the delivery log's store, e.g. one shared by several senders)."""
+        (``store_factory``: the delivery log's store, e.g. one shared by several senders;
+        ``batch_size``: see the module docstring)."""
         return cls(
             mailer=SmtpMailer.from_settings(settings),
             store_factory=store_factory or delivery_store_factory(settings),
@@ -128,6 +143,7 @@ class EmailSender:
             mail_from=settings.mail_from,
             max_attempts=max_attempts or len(settings.retry_delays) + 1,
             lease=send_lease(settings.smtp_timeout),
+            batch_size=batch_size,
         )
 
     # -- the handler -------------------------------------------------------------------
@@ -141,6 +157,12 @@ class EmailSender:
         except InvalidJob as exc:
             raise PermanentError(str(exc)) from exc
         info = {"idempotency_key": job.idempotency_key, "attempt": attempt}
+        accepted = self._pending.get(job.idempotency_key)
+        if accepted is not None:
+            # A second copy of a job sent earlier in this batch: reported with it.
+            log.info("duplicate job, sent in this batch; reporting with it", extra=info)
+            accepted.envelope_ids.append(envelope.id)
+            return
         deliveries = self._deliveries()
         known = deliveries.get(job.idempotency_key)
         if known is not None and deliveries.held_elsewhere(known):
@@ -194,14 +216,56 @@ class EmailSender:
             # Retried through the delay queues: whoever gets the retry need not wait.
             self._release_quietly(deliveries, job.idempotency_key)
             raise
-        sent_at = self.clock()
-        deliveries.sent(job.idempotency_key, message_id, attempt, sent_at)
         log.info(
             "email sent",
             extra={**info, "smtp_message_id": message_id, "to_domain": job.to.rpartition("@")[2]},
         )
+        self._accepted(envelope, job, message_id, attempt)
+
+    def _accepted(self, envelope: Envelope, job: EmailJob, message_id: str, attempt: int) -> None:
+        """The server took the email: record and report it (batch mode: at :meth:`flush`)."""
+        sent_at = self.clock()
+        if self.batch_size > 1:
+            self._pending[job.idempotency_key] = _Accepted(
+                envelope, job, message_id, attempt, sent_at, [envelope.id]
+            )
+            return
+        self._deliveries().sent(job.idempotency_key, message_id, attempt, sent_at)
         self._report_sent(envelope, job, message_id, format_time(sent_at), attempt)
         self._maybe_prune()
+
+    def flush(self) -> dict[str, BaseException]:
+        """End a batch (the consumer's ``on_batch_end``): record the emails accepted since
+        the last flush as sent, in one transaction, and publish their ``email.sent``
+        together. Returns, by envelope id, the error of each message whose record or
+        report did not succeed (they are retried)."""
+        accepted, self._pending = list(self._pending.values()), {}
+        if not accepted:
+            return {}
+        try:
+            self._deliveries().sent_many(
+                [(a.job.idempotency_key, a.message_id, a.attempt, a.sent_at) for a in accepted]
+            )
+        except Exception as exc:
+            log.warning("could not record a batch of sent emails", exc_info=True)
+            return {envelope_id: exc for a in accepted for envelope_id in a.envelope_ids}
+        reports = [
+            (a, self._sent_envelope(a.source, a.job, a.message_id, sent_at, a.attempt))
+            for a in accepted
+            if a.job.correlation is not None and (sent_at := format_time(a.sent_at))
+        ]
+        failures: dict[str, BaseException] = {}
+        if reports:
+            results = self._outcomes_publisher().publish_many([message for _, message in reports])
+            for (a, message), error in zip(reports, results, strict=True):
+                if error is None:
+                    continue
+                if isinstance(error, Unroutable):
+                    _dropped(message.type, a.job.idempotency_key)
+                    continue
+                failures.update(dict.fromkeys(a.envelope_ids, error))
+        self._maybe_prune()
+        return failures
 
     def on_exhausted(self, envelope: Envelope, error: BaseException) -> None:
         """The consumer gave the message up (out of retries, or it can never be sent):
@@ -275,6 +339,12 @@ class EmailSender:
     ) -> None:
         if job.correlation is None:
             return
+        self._publish(self._sent_envelope(envelope, job, message_id, sent_at, attempts))
+
+    def _sent_envelope(
+        self, source: Envelope, job: EmailJob, message_id: str, sent_at: str, attempts: int
+    ) -> Envelope:
+        assert job.correlation is not None
         sent = EmailSent(
             idempotency_key=job.idempotency_key,
             to=job.to,
@@ -283,7 +353,7 @@ class EmailSender:
             message_id=message_id or compose.message_id_for(job.idempotency_key, self.mail_from),
             sent_at=sent_at,
         )
-        self._publish(envelope, sent, job.idempotency_key)
+        return _outcome_envelope(source, sent, job.idempotency_key, self.clock)
 
     def _report_failed(
         self,
@@ -303,21 +373,45 @@ class EmailSender:
             attempts=attempts,
             error=_reason(error),
         )
-        self._publish(envelope, failed, key)
+        self._publish(_outcome_envelope(envelope, failed, key, self.clock))
 
-    def _publish(self, source: Envelope, outcome: contracts.Payload, key: str) -> None:
-        kind = outcome.TYPE
-        message = outcome.envelope(
-            source.request_id, clock=self.clock, id_factory=lambda: digest(kind, key)
-        )
+    def _outcomes_publisher(self) -> Publisher:
         if self._publisher is None:
             self._publisher = self.publisher_factory()
+        return self._publisher
+
+    def _publish(self, message: Envelope) -> None:
         try:
-            self._publisher.publish(message)
+            self._outcomes_publisher().publish(message)
         except Unroutable:
-            # Nobody subscribes to outcomes (e.g. notifications is not deployed): the email
-            # itself is done, so this is no reason to retry it.
-            log.warning("no queue takes %s; outcome dropped", kind, extra={"idempotency_key": key})
+            _dropped(message.type, message.payload.get("idempotency_key"))
+
+
+def _outcome_envelope(
+    source: Envelope, outcome: contracts.Payload, key: str, clock: Clock
+) -> Envelope:
+    """The envelope of an outcome, its id derived from the job's key and the outcome."""
+    kind = outcome.TYPE
+    return outcome.envelope(source.request_id, clock=clock, id_factory=lambda: digest(kind, key))
+
+
+def _dropped(kind: str, key: Any) -> None:
+    # Nobody subscribes to outcomes (e.g. notifications is not deployed): the email itself
+    # is done, so this is no reason to retry it.
+    log.warning("no queue takes %s; outcome dropped", kind, extra={"idempotency_key": key})
+
+
+@dataclass(eq=False)
+class _Accepted:
+    """An email the server accepted in this batch, its record and report still to do;
+    ``envelope_ids``: the messages (copies of its job) that wait for them."""
+
+    source: Envelope
+    job: EmailJob
+    message_id: str
+    attempt: int
+    sent_at: datetime
+    envelope_ids: list[str]
 
 
 def send_lease(smtp_timeout: float) -> timedelta:
@@ -372,4 +466,6 @@ def make_consumer(
         on_exhausted=sender.on_exhausted,
         exchange=exchange,
         queue_type=settings.amqp_queue_type,
+        batch_size=sender.batch_size,
+        on_batch_end=sender.flush if sender.batch_size > 1 else None,
     )

@@ -178,7 +178,8 @@ def run_once(args: argparse.Namespace, amqp_url: str, spread: float) -> dict:
                 start(
                     f"email-sender-{s}",
                     ["-m", "email_sender", "--exchange", exchange, "--queue", sender_queue,
-                     "--bindings", "email.send", "--prefetch", str(args.prefetch)],
+                     "--bindings", "email.send", "--prefetch", str(args.prefetch),
+                     "--concurrency", str(args.concurrency), "--batch", str(args.sender_batch)],
                     {**env, "DATA_DIR": str(data / "sender")},
                 )  # fmt: skip
             start(
@@ -263,6 +264,8 @@ def run_once(args: argparse.Namespace, amqp_url: str, spread: float) -> dict:
         "spread_seconds": spread,
         "dispatchers": args.dispatchers,
         "email_senders": args.senders,
+        "email_sender_concurrency": args.concurrency,
+        "email_sender_batch": args.sender_batch,
         "dispatch_interval": args.interval,
         "seed_seconds": round(seed_s, 2),
         "last_arrival_after_t0_seconds": round(last_arrival - t0s, 2),
@@ -292,6 +295,12 @@ def main() -> None:
     )
     parser.add_argument("--dispatchers", type=int, default=1)
     parser.add_argument("--senders", type=int, default=4, help="email-sender processes")
+    parser.add_argument(
+        "--concurrency", type=int, default=4, help="consumers per email-sender (its default 4)"
+    )
+    parser.add_argument(
+        "--sender-batch", type=int, default=10, help="email-sender --batch (its default 10)"
+    )
     parser.add_argument("--batch", type=int, default=100, help="dispatcher claim batch")
     parser.add_argument("--prefetch", type=int, default=50, help="email-sender prefetch")
     parser.add_argument("--interval", type=float, default=1.0, help="DISPATCH_INTERVAL")

@@ -60,6 +60,7 @@ from eventpost.messaging.delivery import (
     Delivery,
     DeliveryHandler,
     Handler,
+    OnBatchEnd,
     OnExhausted,
     Outcome,
     PermanentError,
@@ -144,6 +145,13 @@ class Consumer:
     ``amqp_url`` may list several nodes, comma separated: each reconnect tries them in
     order, so the consumer moves to a live node by itself.
 
+    ``batch_size`` > 1 hands the handler thread up to that many of the messages already
+    fetched at once (it never waits for more to arrive): the handler runs on each in turn,
+    then ``on_batch_end()`` finishes what the handler left for the end of the batch (e.g.
+    confirms of outcomes published together) and names the messages whose part of it
+    failed; those are decided as if their handler had raised that error. Only then is the
+    batch settled, so a crash mid-batch leaves every message of it unacked (redelivered).
+
     The attempt number of the message being handled is available to the handler as
     ``attempt_var.get()`` (see :data:`attempt_var`) and as :attr:`current_attempt`;
     :attr:`max_attempts` is the last one.
@@ -166,9 +174,13 @@ class Consumer:
         exchange: str = EXCHANGE,
         connection_name: str | None = None,
         queue_type: str = "classic",
+        batch_size: int = 1,
+        on_batch_end: OnBatchEnd | None = None,
     ) -> None:
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
         if any(delay <= 0 for delay in retry_delays):
             raise ValueError("retry delays must be positive")
         self.amqp_url = amqp_url
@@ -178,6 +190,8 @@ class Consumer:
         self.retry_delays = tuple(float(d) for d in retry_delays)
         self.prefetch = prefetch
         self.on_exhausted = on_exhausted
+        self.batch_size = batch_size
+        self.on_batch_end = on_batch_end
         self.reconnect_backoff = reconnect_backoff
         self.exchange = exchange
         queue_arguments(queue_type)  # fail early on an unknown type
@@ -312,12 +326,13 @@ class Consumer:
             fetched.append(Delivery(method.delivery_tag, method.routing_key, properties, body))
 
         consumer_tag = channel.basic_consume(self.queue, on_message, auto_ack=False)
-        job: Future[Outcome] | None = None
-        delivery: Delivery | None = None
+        job: Future[list[Outcome]] | None = None
+        batch: list[Delivery] = []
         while True:
-            if job is not None and delivery is not None and job.done():
-                settler.settle(delivery, job.result())
-                job = delivery = None
+            if job is not None and job.done():
+                for delivery, outcome in zip(batch, job.result(), strict=True):
+                    settler.settle(delivery, outcome)
+                job, batch = None, []
                 continue
             if job is None:
                 if self.stopping:
@@ -325,10 +340,7 @@ class Consumer:
                 if self._cancelled_by_broker:
                     raise _ConsumerCancelled(f"the broker cancelled the consumer of {self.queue}")
                 if fetched:
-                    delivery = fetched.popleft()
-                    job = self._start(delivery, executor, connection, settler)
-                    if job is None:
-                        delivery = None
+                    batch, job = self._start(fetched, executor, connection, settler)
                     continue
             connection.process_data_events(time_limit=_POLL_SECONDS)
         channel.basic_cancel(consumer_tag)
@@ -337,35 +349,61 @@ class Consumer:
 
     def _start(
         self,
-        delivery: Delivery,
+        fetched: deque[Delivery],
         executor: ThreadPoolExecutor,
         connection: pika.BlockingConnection,
         settler: Settler,
-    ) -> Future[Outcome] | None:
-        """Hand a delivery to the handler thread; a malformed one is parked right here."""
-        try:
-            envelope = Envelope.from_bytes(delivery.body)
-        except MalformedMessage as exc:
-            log.error(
-                "parking a message that is not a valid envelope",
-                extra={
-                    "queue": self.queue,
-                    "routing_key": delivery.routing_key,
-                    "message_id": delivery.properties.message_id,
-                    "error": str(exc),
-                },
-            )
-            settler.settle(delivery, Outcome("park", "malformed", exc))
-            return None
-        job = executor.submit(
-            contextvars.copy_context().run,
-            self._deliveries,
-            envelope,
-            delivery.attempt,
-            delivery.replayed,
-        )
+    ) -> tuple[list[Delivery], Future[list[Outcome]] | None]:
+        """Hand up to ``batch_size`` fetched deliveries to the handler thread (malformed
+        ones are parked right here); returns them and the job, or ([], None)."""
+        batch: list[tuple[Delivery, Envelope]] = []
+        while fetched and len(batch) < self.batch_size:
+            delivery = fetched.popleft()
+            try:
+                batch.append((delivery, Envelope.from_bytes(delivery.body)))
+            except MalformedMessage as exc:
+                log.error(
+                    "parking a message that is not a valid envelope",
+                    extra={
+                        "queue": self.queue,
+                        "routing_key": delivery.routing_key,
+                        "message_id": delivery.properties.message_id,
+                        "error": str(exc),
+                    },
+                )
+                settler.settle(delivery, Outcome("park", "malformed", exc))
+        if not batch:
+            return [], None
+        job = executor.submit(self._handle_batch, contextvars.copy_context(), batch)
         job.add_done_callback(lambda _job: _wake(connection))
-        return job
+        return [delivery for delivery, _ in batch], job
+
+    def _handle_batch(
+        self, base: contextvars.Context, batch: list[tuple[Delivery, Envelope]]
+    ) -> list[Outcome]:
+        """In the handler thread: each envelope of ``batch`` in a context of its own, then
+        ``on_batch_end``; the outcome of each, in order."""
+        runs = []
+        for delivery, envelope in batch:
+            context = base.copy()
+            outcome = context.run(self._deliveries, envelope, delivery.attempt, delivery.replayed)
+            runs.append((context, delivery, envelope, outcome))
+        if self.on_batch_end is None:
+            return [outcome for *_, outcome in runs]
+        try:
+            failures = base.run(self.on_batch_end)
+        except Exception as exc:  # nothing of the batch's deferred work is known to be done
+            log.exception("finishing a batch failed", extra={"queue": self.queue})
+            failures = {envelope.id: exc for _, _, envelope, _ in runs}
+        outcomes = []
+        for context, delivery, envelope, outcome in runs:
+            error = failures.get(envelope.id)
+            if outcome.action == "ack" and error is not None:
+                outcome = context.run(
+                    self._deliveries.failed_later, envelope, delivery.attempt, error
+                )
+            outcomes.append(outcome)
+        return outcomes
 
 
 __all__ = [

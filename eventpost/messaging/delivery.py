@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -52,6 +52,10 @@ REPLAYED_HEADER = "x-replayed"
 
 Handler = Callable[[Envelope], None]
 OnExhausted = Callable[[Envelope, BaseException], None]
+#: Called in the handler's thread after each batch (see :class:`~eventpost.messaging.Consumer`):
+#: finishes the work the handler left for the end of the batch and returns, by envelope id,
+#: the error of each message whose part of it failed (an empty mapping: all done).
+OnBatchEnd = Callable[[], Mapping[str, BaseException]]
 
 
 class PermanentError(Exception):
@@ -142,21 +146,8 @@ class DeliveryHandler:
         started = time.monotonic()
         try:
             self.handler(envelope)
-        except PermanentError as exc:
-            log.warning("handler failed for good; parking the message", exc_info=True, extra=info)
-            self._give_up(envelope, exc)
-            return Outcome("park", "permanent", exc)
         except Exception as exc:
-            if attempt <= len(self.retry_delays):
-                log.warning(
-                    "handler failed; retrying later",
-                    exc_info=True,
-                    extra={**info, "retry_in_seconds": self.retry_delays[attempt - 1]},
-                )
-                return Outcome("retry", error=exc)
-            log.error("handler failed on the last attempt; parking", exc_info=True, extra=info)
-            self._give_up(envelope, exc)
-            return Outcome("park", "exhausted", exc)
+            return self._failed(envelope, attempt, exc, info)
         finally:
             self.current_attempt = None
         log.info(
@@ -164,6 +155,37 @@ class DeliveryHandler:
             extra={**info, "duration_ms": round((time.monotonic() - started) * 1000, 1)},
         )
         return Outcome("ack")
+
+    def failed_later(self, envelope: Envelope, attempt: int, error: BaseException) -> Outcome:
+        """The outcome of ``envelope`` (its ``attempt``-th try) when the handler returned
+        but the work it left for the end of its batch failed with ``error``: decided as if
+        the handler had raised it (run it in that envelope's context)."""
+        info = {
+            "queue": self.queue,
+            "message_type": envelope.type,
+            "message_id": envelope.id,
+            "attempt": attempt,
+            "stage": "end of batch",
+        }
+        return self._failed(envelope, attempt, error, info)
+
+    def _failed(
+        self, envelope: Envelope, attempt: int, exc: BaseException, info: dict[str, Any]
+    ) -> Outcome:
+        if isinstance(exc, PermanentError):
+            log.warning("handler failed for good; parking the message", exc_info=exc, extra=info)
+            self._give_up(envelope, exc)
+            return Outcome("park", "permanent", exc)
+        if attempt <= len(self.retry_delays):
+            log.warning(
+                "handler failed; retrying later",
+                exc_info=exc,
+                extra={**info, "retry_in_seconds": self.retry_delays[attempt - 1]},
+            )
+            return Outcome("retry", error=exc)
+        log.error("handler failed on the last attempt; parking", exc_info=exc, extra=info)
+        self._give_up(envelope, exc)
+        return Outcome("park", "exhausted", exc)
 
     def _give_up(self, envelope: Envelope, error: BaseException) -> None:
         if self.on_exhausted is None:

@@ -273,6 +273,7 @@ def wire(
     retry_delays: tuple[float, ...] = (0.2, 0.5, 1.0),
     smtp_timeout: float = 5.0,
     prefetch: int = 10,
+    batch_size: int = 1,
 ) -> Wired:
     settings = Settings(
         data_dir=data_dir,
@@ -292,6 +293,7 @@ def wire(
         ),
         mail_from=MAIL_FROM,
         max_attempts=len(retry_delays) + 1,
+        batch_size=batch_size,
     )
     consumer = make_consumer(
         settings,

@@ -11,7 +11,9 @@ import threading
 import pika
 import pytest
 
+from email_sender.delivery_log import DeliveryLog
 from eventpost.messaging import Envelope, Publisher, PublishError
+from eventpost.storage.sqlite import SqliteStore
 from tests.integration._amqp import Broker, broker, unique, wait_until
 from tests.integration.test_email_support import (
     MAIL_FROM,
@@ -291,3 +293,114 @@ def test_when_only_the_report_keeps_failing_the_email_is_sent_once_and_reported_
     [sent] = outcomes
     assert sent.type == "email.sent"
     assert sent.payload["attempts"] == 1
+
+
+# -- batches: records and reports written together at the end of a batch -------------------
+
+
+class CountingPublisher(Publisher):
+    """Counts the messages of each publish_many call; fails the first ``fail_batches``."""
+
+    def __init__(self, *args, sizes: list[int], fail_batches: int = 0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sizes = sizes
+        self.fail_batches = fail_batches
+
+    def publish_many(self, envelopes, *, timeout=None):
+        self.sizes.append(len(envelopes))
+        if len(self.sizes) <= self.fail_batches:
+            return [PublishError("broker unreachable (test)") for _ in envelopes]
+        return super().publish_many(envelopes, timeout=timeout)
+
+
+def batched(broker: Broker, tmp_path, port: int, sizes: list[int], fail_batches: int = 0):
+    wired = wire(broker, tmp_path, port, retry_delays=(0.2,), batch_size=10)
+    wired.sender.publisher_factory = lambda: CountingPublisher(
+        broker.url,
+        exchange=broker.exchange,
+        connection_name=unique("counting"),
+        sizes=sizes,
+        fail_batches=fail_batches,
+    )
+    return wired
+
+
+def sent_records(tmp_path, keys: list[str]) -> dict[str, str | None]:
+    store = SqliteStore(tmp_path / "email_sender.sqlite3")
+    try:
+        log = DeliveryLog(store)
+        return {key: (record.status if (record := log.get(key)) else None) for key in keys}
+    finally:
+        store.close()
+
+
+def test_a_batch_is_sent_one_by_one_then_recorded_and_reported_together(broker: Broker, tmp_path):
+    # The first email stalls, so the rest are fetched meanwhile and taken as one batch.
+    handler = ScriptedHandler(["stall:0.5"])
+    sizes: list[int] = []
+    with smtp_server(handler) as server:
+        wired = batched(broker, tmp_path, server.port, sizes)
+        jobs = [email_job() for _ in range(12)]
+        with consuming(wired):
+            wired.publish(*jobs)
+            outcomes: list[Envelope] = []
+            collect(wired, outcomes, 12)
+            wait_until(lambda: broker.depth(wired.consumer.queue) == 0, what="all acked")
+        wired.sender.close()
+    assert sorted(m["To"] for m in handler.accepted) == sorted(j.payload["to"] for j in jobs)
+    assert sorted(o.payload["idempotency_key"] for o in outcomes) == sorted(
+        j.payload["idempotency_key"] for j in jobs
+    )
+    assert {o.type for o in outcomes} == {"email.sent"}
+    assert max(sizes) > 1, sizes  # reports went out together
+    assert sum(sizes) == 12
+    keys = [j.payload["idempotency_key"] for j in jobs]
+    assert sent_records(tmp_path, keys) == dict.fromkeys(keys, "sent")
+    assert parked(broker, wired.consumer.queue) == []
+
+
+def test_two_copies_of_a_job_in_one_batch_make_one_email(broker: Broker, tmp_path):
+    handler = ScriptedHandler(["stall:0.5"])
+    sizes: list[int] = []
+    with smtp_server(handler) as server:
+        wired = batched(broker, tmp_path, server.port, sizes)
+        first, job = email_job(), email_job()
+        copy = Envelope.new("email.send", job.payload, request_id="req-copy")
+        with consuming(wired):
+            wired.publish(first, job, copy)
+            outcomes: list[Envelope] = []
+            collect(wired, outcomes, 2)
+            wait_until(lambda: broker.depth(wired.consumer.queue) == 0, what="all acked")
+        wired.sender.close()
+    assert sorted(m["To"] for m in handler.accepted) == sorted(
+        [first.payload["to"], job.payload["to"]]
+    )
+    assert {o.payload["idempotency_key"] for o in outcomes} == {
+        first.payload["idempotency_key"],
+        job.payload["idempotency_key"],
+    }
+    assert parked(broker, wired.consumer.queue) == []
+
+
+def test_when_a_batch_cannot_be_reported_its_messages_are_retried_and_not_sent_again(
+    broker: Broker, tmp_path
+):
+    handler = ScriptedHandler(["stall:0.5"])
+    sizes: list[int] = []
+    with smtp_server(handler) as server:
+        wired = batched(broker, tmp_path, server.port, sizes, fail_batches=2)
+        jobs = [email_job() for _ in range(6)]
+        with consuming(wired):
+            wired.publish(*jobs)
+            outcomes: list[Envelope] = []
+            collect(wired, outcomes, 6)
+            wait_until(lambda: broker.depth(wired.consumer.queue) == 0, what="all acked")
+        wired.sender.close()
+    # Every email went out exactly once, though the reports of the first two batches failed
+    # and their messages came back: the delivery log said sent, so they were reported again.
+    assert sorted(m["To"] for m in handler.accepted) == sorted(j.payload["to"] for j in jobs)
+    assert {o.payload["idempotency_key"] for o in outcomes} == {
+        j.payload["idempotency_key"] for j in jobs
+    }
+    assert sum(sizes) == 6  # each in a failed batch report; the retries reported one by one
+    assert parked(broker, wired.consumer.queue) == []

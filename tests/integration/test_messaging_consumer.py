@@ -293,3 +293,40 @@ def test_changing_the_retry_delays_does_not_wedge_the_consumer(broker: Broker):
     assert tries == [1, 2]
     assert broker.depth(retry_queue_name(queue, 0.2)) == 0
     assert broker.depth(f"{queue}.parked") == 0
+
+
+def test_a_batch_is_settled_after_its_end_and_what_failed_there_is_retried(broker: Broker):
+    """batch_size > 1: the handler runs on each fetched message, on_batch_end names the
+    ones whose deferred part failed; those come back at attempt 2, the rest are acked once."""
+    key = unique("k")
+    handled: list[tuple[str, int | None]] = []
+    batch: list[str] = []
+    batches: list[list[str]] = []
+    gate = threading.Event()
+    envs = [Envelope.new(key, {"n": n}, request_id=f"req-{n}") for n in range(6)]
+    failing = envs[3].id
+
+    def handler(env: Envelope) -> None:
+        gate.wait(10)  # the first message waits, so the others are fetched meanwhile
+        handled.append((env.id, attempt_var.get()))
+        batch.append(env.id)
+
+    def on_batch_end() -> dict[str, BaseException]:
+        ids, batch[:] = list(batch), []
+        batches.append(ids)
+        if len(batches) <= 2 and failing in ids:
+            return {failing: RuntimeError("its report failed")}
+        return {}
+
+    consumer = consumer_for(broker, handler, key, batch_size=10, on_batch_end=on_batch_end)
+    with running(consumer):
+        wait_until(lambda: broker.consumers(consumer.queue) == 1, what="consumer")
+        publish(broker, *envs)
+        wait_until(lambda: broker.depth(consumer.queue) == 0, what="all fetched")
+        gate.set()
+        wait_until(lambda: len(handled) == 7, what="six messages and one retry")
+        time.sleep(0.5)  # a wrong redelivery would show now
+    assert sorted(handled) == sorted([(e.id, 1) for e in envs] + [(failing, 2)])
+    assert max(len(ids) for ids in batches) > 1, batches
+    assert broker.depth(consumer.queue) == 0
+    assert broker.depth(f"{consumer.queue}.parked") == 0
