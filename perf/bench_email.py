@@ -123,7 +123,13 @@ def plain_smtplib(n: int) -> dict:
 
 
 def run_once(
-    amqp_url: str, n: int, workers: int, prefetch: int, log_level: str, concurrency: int = 4
+    amqp_url: str,
+    n: int,
+    workers: int,
+    prefetch: int,
+    log_level: str,
+    concurrency: int = 4,
+    batch: int = 10,
 ) -> dict:
     run = uuid.uuid4().hex[:8]
     exchange, queue, outcomes = f"bench-email-{run}", f"bench-email-{run}", f"bench-out-{run}"
@@ -155,7 +161,7 @@ def run_once(
             }
             argv = [sys.executable, "-m", "email_sender", "--queue", queue]
             argv += ["--exchange", exchange, "--prefetch", str(prefetch)]
-            argv += ["--concurrency", str(concurrency)]
+            argv += ["--concurrency", str(concurrency), "--batch", str(batch)]
             launched = time.monotonic()
             for w in range(workers):
                 log = open(tmp_path / f"worker{w}.log", "wb")  # noqa: SIM115
@@ -191,6 +197,7 @@ def run_once(
     return {
         "workers": workers,
         "concurrency": concurrency,
+        "batch": batch,
         "emails": n,
         "emails_per_second": round((n - 1) / (last - first), 1),
         "drain_seconds": round(last - first, 3),
@@ -209,6 +216,12 @@ def main() -> None:
         help="consumers per worker to run each worker count with (default 1,4: 1 is how the "
         "email-sender ran before --concurrency, 4 its default)",
     )
+    parser.add_argument(
+        "--batch",
+        default="10",
+        help="email-sender --batch values to run each with (default 10, its default; 1: each "
+        "message recorded and reported on its own, as before batches)",
+    )
     parser.add_argument("--prefetch", type=int, default=20, help="consumer prefetch (20)")
     parser.add_argument("--log-level", default="INFO", help="workers' LOG_LEVEL (INFO)")
     parser.add_argument("--plain-client", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -222,28 +235,35 @@ def main() -> None:
     yardstick = [plain_smtplib(args.n)]
     print(f"plain smtplib  {yardstick[0]['emails_per_second']:>7.1f} emails/s", flush=True)
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
-    for workers in [int(w) for w in args.workers.split(",") if w.strip()]:
-        for concurrency in levels:
-            results.append(
-                run_once(amqp_url, args.n, workers, args.prefetch, args.log_level, concurrency)
-            )
-            result = results[-1]
-            print(
-                f"workers={result['workers']} concurrency={concurrency}  "
-                f"emails={result['emails']}  "
-                f"{result['emails_per_second']:>7.1f} emails/s  "
-                f"(drain {result['drain_seconds']} s, "
-                f"with start-up {result['wall_seconds_with_startup']} s; "
-                f"publishing the jobs took {result['publish_seconds']} s)",
-                flush=True,
-            )
+    batches = [int(b) for b in args.batch.split(",") if b.strip()]
+    runs = [
+        (workers, concurrency, batch)
+        for workers in [int(w) for w in args.workers.split(",") if w.strip()]
+        for concurrency in levels
+        for batch in batches
+    ]
+    for workers, concurrency, batch in runs:
+        results.append(
+            run_once(amqp_url, args.n, workers, args.prefetch, args.log_level, concurrency, batch)
+        )
+        result = results[-1]
+        print(
+            f"workers={result['workers']} concurrency={concurrency} batch={batch}  "
+            f"emails={result['emails']}  "
+            f"{result['emails_per_second']:>7.1f} emails/s  "
+            f"(drain {result['drain_seconds']} s, "
+            f"with start-up {result['wall_seconds_with_startup']} s; "
+            f"publishing the jobs took {result['publish_seconds']} s)",
+            flush=True,
+        )
     yardstick.append(plain_smtplib(args.n))
     print(f"plain smtplib  {yardstick[1]['emails_per_second']:>7.1f} emails/s", flush=True)
     plain = sum(y["emails_per_second"] for y in yardstick) / len(yardstick)
     for result in results:
         result["ratio_to_plain_smtplib"] = round(result["emails_per_second"] / plain, 3)
         print(
-            f"workers={result['workers']} concurrency={result['concurrency']}: "
+            f"workers={result['workers']} concurrency={result['concurrency']} "
+            f"batch={result['batch']}: "
             f"{result['ratio_to_plain_smtplib']:.3f} of plain "
             f"smtplib ({'PASS' if result['ratio_to_plain_smtplib'] >= 0.5 else 'FAIL'} >= 0.5)"
         )
