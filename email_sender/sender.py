@@ -250,9 +250,14 @@ class EmailSender:
             log.warning("could not record a batch of sent emails", exc_info=True)
             return {envelope_id: exc for a in accepted for envelope_id in a.envelope_ids}
         reports = [
-            (a, self._sent_envelope(a.source, a.job, a.message_id, sent_at, a.attempt))
+            (
+                a,
+                self._sent_envelope(
+                    a.source, a.job, a.message_id, format_time(a.sent_at), a.attempt
+                ),
+            )
             for a in accepted
-            if a.job.correlation is not None and (sent_at := format_time(a.sent_at))
+            if a.job.correlation is not None
         ]
         failures: dict[str, BaseException] = {}
         if reports:
