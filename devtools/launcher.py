@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devtools.supervisor import GiveUp, RestartPolicy, Supervisor
+from eventpost.serve import server_command
 from eventpost.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,25 +58,9 @@ class Part:
         return f"http://127.0.0.1:{self.port}" if self.port else None
 
 
-def _gunicorn(service: str, port: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--workers",
-        "1",
-        "--threads",
-        "8",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--graceful-timeout",
-        "10",
-        "--log-level",
-        "warning",
-        "--config",
-        "python:eventpost.gunicorn_hooks",  # Consul registration per worker, when configured
-        f"services.{service}.wsgi:app",
-    ]
+def service_command(service: str, port: int) -> list[str]:
+    """How the suite serves an HTTP service (granian, one process, 8 threads)."""
+    return server_command(service, "127.0.0.1", port)
 
 
 HTTP_SERVICES = ("gateway", "users", "events", "notifications")
@@ -126,7 +111,7 @@ def suite_parts(
             parts.append(
                 Part(
                     name,
-                    _gunicorn(service, port),
+                    service_command(service, port),
                     f"services.{service}.wsgi",
                     port,
                     env={f"{service.upper()}_PORT": str(port)},

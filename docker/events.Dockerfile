@@ -51,7 +51,7 @@ COPY services/events/ services/events/
 # Compiled once here, so each start does not compile (and the code stays read-only at run time).
 RUN python -m compileall -q eventpost services
 LABEL org.opencontainers.image.title="eventpost-events" \
-      org.opencontainers.image.description="EventPost events service: events and their search (Falcon under gunicorn)"
+      org.opencontainers.image.description="EventPost events service: events and their search (Falcon under granian)"
 USER 10001:10001
 # The port it listens on (0.0.0.0, all interfaces) and, with Consul, registers; Heroku's $PORT
 # wins when it is set.
@@ -61,9 +61,9 @@ EXPOSE 8002
 # this, and an engine shows the container unhealthy while the database is away.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/ready' % (os.environ.get('PORT') or os.environ['EVENTS_PORT']), timeout=2)"]
-# The command `invoke run` uses (devtools/launcher.py): one worker process with 8 threads; more
-# throughput comes from more containers, not more workers in one. gunicorn is PID 1 and handles
-# SIGTERM itself: it stops accepting, lets requests in flight finish (--graceful-timeout 10;
-# compose gives a 15 s grace period) and exits 0. Its heartbeat file lives in memory
-# (/dev/shm), as an overlay file system can stall it. `sh -c` only expands the port, then execs.
-CMD ["sh", "-c", "exec gunicorn --workers 1 --threads 8 --bind 0.0.0.0:${PORT:-$EVENTS_PORT} --graceful-timeout 10 --worker-tmp-dir /dev/shm --log-level warning --config python:eventpost.gunicorn_hooks services.events.wsgi:app"]
+# The command `invoke run` uses (devtools/launcher.py), on all interfaces: granian, one worker
+# process with 8 threads; more throughput comes from more containers, not more workers in one.
+# Its port is Heroku's $PORT when set, else $EVENTS_PORT. On SIGTERM it stops accepting,
+# lets requests in flight finish (its --graceful-timeout, 10 s; compose gives a 15 s grace period),
+# deregisters from Consul and exits 0.
+CMD ["python", "-m", "eventpost.serve", "events", "--host", "0.0.0.0", "--threads", "8", "--workers", "1"]

@@ -214,8 +214,8 @@ class Settings(BaseSettings):
     )
     # Gateway HTTP edge (gateway.edge_http): request-target and header-block sizes (bytes),
     # header field count, and deadlines (seconds) for the header block and for the body.
-    # The URL and field limits stay below gunicorn's limit_request_line (4094) and
-    # limit_request_field_size (8190), so that what the gateway forwards is never refused by a
+    # The URL and header limits stay below what the services' server (granian: hyper's 100
+    # fields, a ~400 KiB head) takes, so that what the gateway forwards is never refused by a
     # service.
     gateway_max_url_bytes: int = Field(
         4000, ge=64, validation_alias=_env("GATEWAY_MAX_URL_BYTES", "gateway_max_url_bytes")

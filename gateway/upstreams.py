@@ -32,8 +32,9 @@ class UpstreamPolicy:
     ``retries`` extra tries go to the next instance: after a connection that could not be made
     (nothing reached the upstream) for any method, after a connection lost mid-request only for
     idempotent methods; a timeout is never retried (it would double the wait).
-    ``keepalive_timeout`` must stay below the upstream server's own keep-alive (gunicorn: 2 s),
-    so a pooled connection is never reused just as the server closes it."""
+    ``keepalive_timeout`` must stay below the upstream server's own keep-alive (granian closes
+    an idle connection after its 30 s header read timeout at the earliest), so a pooled
+    connection is never reused just as the server closes it."""
 
     connect_timeout: float = 2.0
     total_timeout: float = 10.0

@@ -2,8 +2,9 @@
 
 Loads N sample events (default 100,000: 12 cities, 21 topics, 180 days; see
 devtools/samples.py) straight into a SQLite store in a temporary DATA_DIR, starts the
-events service under gunicorn (1 worker, 8 threads, as the launcher runs it) on a free port,
-and measures, with a keep-alive aiohttp client, at concurrency 1 and 10:
+events service under granian (``python -m eventpost.serve``, 1 worker, 8 threads, as the
+launcher runs it) on a free port, and measures, with a keep-alive aiohttp client, at
+concurrency 1 and 10:
 
 - ``search``: the combined search ``near`` (a point within 10 km of a city centre,
   radius_km=10) + a one-week ``from``/``to`` window + one ``topic``, sorted by start, limit
@@ -46,6 +47,7 @@ import aiohttp  # noqa: E402
 
 from devtools.populate import load_direct  # noqa: E402
 from devtools.samples import CITIES, TOPICS, sample_events  # noqa: E402
+from eventpost.serve import server_command  # noqa: E402
 from eventpost.settings import Settings  # noqa: E402
 from eventpost.storage import open_store  # noqa: E402
 from services.events.store import EventsStore  # noqa: E402
@@ -89,10 +91,8 @@ def start_service(data_dir: Path, port: int, workers: int = 1) -> subprocess.Pop
         # INFO: one JSON line per request with its duration, for the server-side figures.
         "LOG_LEVEL": "INFO",
     }
-    gunicorn = Path(sys.executable).parent / "gunicorn"
     proc = subprocess.Popen(
-        [str(gunicorn), "-w", str(workers), "--threads", "8", "-b", f"127.0.0.1:{port}",
-         "--log-level", "warning", "services.events.wsgi:app"],
+        server_command("events", "127.0.0.1", port, threads=8, workers=workers),
         cwd=ROOT, env=env, stdout=(data_dir / "service.log").open("ab"),
     )  # fmt: skip
     deadline = time.monotonic() + 60
@@ -183,7 +183,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=1000, help="per scenario")
-    parser.add_argument("--workers", type=int, default=1, help="gunicorn worker processes")
+    parser.add_argument("--workers", type=int, default=1, help="server worker processes")
     args = parser.parse_args()
 
     rng = random.Random(7)
@@ -234,7 +234,7 @@ def main() -> None:
 
     print()
     print(
-        f"events service over HTTP ({args.workers} gunicorn worker(s) x 8 threads), "
+        f"events service over HTTP ({args.workers} granian worker(s) x 8 threads), "
         f"{args.events} events (SQLite); client: request sent to "
         "body read; server: the service's own duration_ms"
     )

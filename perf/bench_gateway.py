@@ -1,6 +1,6 @@
 """What the API gateway adds to a request (``invoke perf-gateway``).
 
-Starts a tiny upstream (a minimal Falcon WSGI app under gunicorn, 1 worker, 8 threads, as the
+Starts a tiny upstream (a minimal Falcon WSGI app under granian, 1 worker, 8 threads, as the
 services run) and the real gateway (``python -m gateway`` under uvicorn, rate limit off, JSON
 logs on as in production, to a file), then measures with a keep-alive aiohttp client at
 concurrency 1 and 10:
@@ -55,7 +55,7 @@ JWKS_ENV = "BENCH_JWKS_FILE"
 
 
 def tiny_app():
-    """The upstream: a minimal Falcon WSGI app (gunicorn loads ``bench_gateway:tiny_app()``)."""
+    """The upstream: a minimal Falcon WSGI app (granian loads ``bench_gateway:tiny_app``)."""
     import falcon
 
     body = json.dumps(
@@ -272,13 +272,12 @@ def main() -> int:
         procs.append(proc)
         return proc
 
-    gunicorn = Path(sys.executable).with_name("gunicorn")
     upstream = spawn(
         [
-            str(gunicorn),
-            *("-w", "1", "--threads", "8", "-b", f"127.0.0.1:{up_port}"),
-            *("--pythonpath", str(ROOT / "perf"), "--log-level", "warning"),
-            "bench_gateway:tiny_app()",
+            *(sys.executable, "-m", "granian", "--interface", "wsgi", "--factory"),
+            *("--workers", "1", "--blocking-threads", "8", "--port", str(up_port)),
+            *("--working-dir", str(ROOT / "perf"), "--log-level", "warning"),
+            "bench_gateway:tiny_app",
         ],
         "upstream.log",
     )

@@ -52,7 +52,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from devtools.http_doubles import TokenMint  # noqa: E402
-from devtools.launcher import _gunicorn  # noqa: E402
 
 RESULTS = ROOT / "perf" / "results"
 
@@ -305,6 +304,20 @@ def start(args: argparse.Namespace, workdir: Path, mint: TokenMint) -> tuple[Sui
     return suite, bases
 
 
+def service_command(root: Path, service: str, port: int) -> list[str]:
+    """The command the launcher of the checkout ``root`` serves ``service`` with (a baseline
+    from before granian has ``_gunicorn``)."""
+    code = (
+        "import json, devtools.launcher as l; "
+        "f = getattr(l, 'service_command', None) or l._gunicorn; "
+        f"print(json.dumps(f({service!r}, {port})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, check=True, capture_output=True, text=True
+    )
+    return json.loads(out.stdout)
+
+
 def start_checkout(args: argparse.Namespace, suite: Suite, tag: str, root: Path) -> dict:
     """Events (and its relay) and the gateway of the checkout ``root``, on its own store."""
     ports = {"events": free_port(), "gateway": free_port()}
@@ -317,7 +330,8 @@ def start_checkout(args: argparse.Namespace, suite: Suite, tag: str, root: Path)
         "PYTHONPATH": str(root),
     }
     py = sys.executable
-    events = suite.spawn(f"events{tag}", _gunicorn("events", ports["events"]), cwd=root, **env)
+    command = service_command(root, "events", ports["events"])
+    events = suite.spawn(f"events{tag}", command, cwd=root, **env)
     wait_http(f"http://127.0.0.1:{ports['events']}/ready", events)
     if args.relay:
         relay = [py, "-m", "eventpost.messaging.relay", "--service", "events"]

@@ -69,7 +69,7 @@ def populate(
     },
 )
 def perf_events(c, events=100_000, requests=1000):
-    """Benchmark the events service over HTTP under gunicorn (combined search, GET by id)."""
+    """Benchmark the events service over HTTP under granian (combined search, GET by id)."""
     ensure_installed(c)
     c.run(
         f"{VENV_PY} {ROOT / 'perf' / 'bench_events.py'} "

@@ -21,7 +21,7 @@ from tasks.core import ROOT, VENV_PY, ensure_installed
 )
 def perf_gateway(c, requests=2000, server="h11,httptools", no_httpx=False):
     """Latency p50/p99 and throughput direct vs through the gateway at concurrency 1 and 10
-    (tiny gunicorn upstream), aiohttp vs httpx as the upstream client, token verify cost.
+    (tiny granian upstream), aiohttp vs httpx as the upstream client, token verify cost.
     Writes perf/results/bench_gateway.json."""
     ensure_installed(c)
     cmd = [

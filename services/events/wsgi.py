@@ -1,4 +1,5 @@
-"""WSGI entry point: ``gunicorn services.events.wsgi:app`` (connects to nothing at import)."""
+"""WSGI entry point: ``python -m eventpost.serve events`` serves it (granian); connects to
+nothing at import."""
 
 from eventpost.logs import configure_logging
 from eventpost.settings import Settings

@@ -1,4 +1,4 @@
-"""WSGI entry point: ``gunicorn services.notifications.wsgi:app``."""
+"""WSGI entry point: ``python -m eventpost.serve notifications`` serves it (granian)."""
 
 from eventpost.logs import configure_logging
 from eventpost.settings import Settings

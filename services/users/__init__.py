@@ -1,6 +1,6 @@
 """The users service: accounts, passwords, access and refresh tokens, email addresses.
 
-Run it with ``gunicorn services.users.wsgi:app``; its outbox (``user.created``,
+Run it with ``python -m eventpost.serve users``; its outbox (``user.created``,
 ``user.email_added``, ``user.deleted``) is published by
 ``python -m eventpost.messaging.relay --service users`` (no worker of its own is needed).
 Administration: ``python -m services.users.admin`` (``invoke create-admin``,

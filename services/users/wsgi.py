@@ -1,4 +1,4 @@
-"""gunicorn entry point: ``gunicorn services.users.wsgi:app``."""
+"""WSGI entry point: ``python -m eventpost.serve users`` serves it (granian)."""
 
 from eventpost.logs import configure_logging
 from eventpost.settings import Settings

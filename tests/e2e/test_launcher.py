@@ -32,7 +32,7 @@ def _processes() -> list[tuple[int, int, int]]:
 
 
 def _descendants(pid: int) -> set[int]:
-    """The launcher's children and every process in their groups (e.g. gunicorn workers)."""
+    """The launcher's children and every process in their groups (e.g. servers' workers)."""
     rows = _processes()
     children = {p for p, ppid, _ in rows if ppid == pid}
     return children | {p for p, _, group in rows if group in children}

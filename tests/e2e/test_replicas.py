@@ -86,7 +86,7 @@ def _served(instance_url: str, route: str = "/v1/events") -> int:
 
 
 def _master_pid(launcher_pid: int, port: int) -> int:
-    """The pid of the launcher's child that serves ``port`` (a gunicorn master)."""
+    """The pid of the launcher's child that serves ``port`` (the server's main process)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue

@@ -112,11 +112,11 @@ class Proc:
         return self.log_path.read_text(errors="replace")
 
 
-def gunicorn(service: str, port: int) -> list[str]:
-    """The launcher's gunicorn command line for ``service`` on ``port``."""
-    from devtools.launcher import _gunicorn
+def served(service: str, port: int) -> list[str]:
+    """The launcher's command line that serves ``service`` on ``port``."""
+    from devtools.launcher import service_command
 
-    return _gunicorn(service, port)
+    return service_command(service, port)
 
 
 def start_http(
@@ -144,10 +144,10 @@ def start_http(
 def start_service(
     service: str, consul: ConsulDouble, tmp_path: Path, *, name: str | None = None, **extra: str
 ) -> tuple[Proc, int]:
-    """A real gunicorn instance of ``service`` registered in the double; (proc, port)."""
+    """A real instance of ``service`` (granian) registered in the double; (proc, port)."""
     port = free_port()
     env = process_env(consul, tmp_path, **extra)
-    return start_http(name or service, gunicorn(service, port), port, env, tmp_path), port
+    return start_http(name or service, served(service, port), port, env, tmp_path), port
 
 
 def start_gateway(consul: ConsulDouble, tmp_path: Path, **extra: str) -> tuple[Proc, int]:

@@ -199,10 +199,3 @@ def test_a_worker_registers_with_ttl_and_deregisters_on_sigterm(consul, tmp_path
         assert consul.service_ids("users-relay") == []
     finally:
         relay.stop()
-
-
-def test_the_gunicorn_hooks_name_the_service_from_the_app_module():
-    from eventpost.gunicorn_hooks import service_of
-
-    assert service_of("services.events.wsgi:app") == "events"
-    assert service_of("services.notifications.wsgi") == "notifications"

@@ -164,7 +164,7 @@ def test_a_header_block_over_the_limit_gets_431(quick):
 
 
 def test_one_header_field_over_the_limit_gets_431(quick):
-    # Below the block limit, above what gunicorn takes in one field (8190).
+    # Below the block limit, above the gateway's limit of one field (8000).
     answer = only(
         exchange(quick, request_head("/v1/events", "Authorization: Bearer " + "t" * 9000))
     )

@@ -1,4 +1,5 @@
-"""The users service as it runs in production: gunicorn with two worker processes (each with
+"""The users service as it runs in production: ``python -m eventpost.serve`` (granian) with
+two worker processes (each with
 threads) over one SQLite store and one key file, production argon2 parameters; clients in
 threads. Also ``invoke create-admin`` against that same store."""
 
@@ -18,7 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devtools.launcher import free_port
 from eventpost.auth import KeySet
+from eventpost.serve import server_command
 from eventpost.storage.sqlite import SqliteStore
 from services.users.store import EMAIL_CLAIMS, USERS
 
@@ -38,47 +41,21 @@ class Running:
         return httpx.Client(base_url=self.url, timeout=30)
 
 
-def _listening_port(proc: subprocess.Popen, deadline: float) -> int:
-    """The port gunicorn bound (it was asked for port 0), from its log."""
-    assert proc.stderr is not None
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        if "Listening at:" in line:
-            return int(line.split("Listening at:")[1].split()[0].rsplit(":", 1)[1])
-    raise AssertionError("gunicorn did not start")
-
-
 @pytest.fixture(scope="module")
 def users_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     data_dir = tmp_path_factory.mktemp("users-http")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "MONGODB_"))}
     env.update({"DATA_DIR": str(data_dir), "LOG_LEVEL": "WARNING"})
-    log = (data_dir / "gunicorn.log").open("w")
+    log = (data_dir / "server.log").open("w")
+    port = free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--workers",
-            "2",
-            "--threads",
-            "8",
-            "--bind",
-            "127.0.0.1:0",
-            "--log-level",
-            "info",
-            "services.users.wsgi:app",
-        ],
+        server_command("users", "127.0.0.1", port, threads=8, workers=2),
         cwd=ROOT,
         env=env,
         stdout=log,
-        stderr=subprocess.PIPE,
-        text=True,
+        stderr=subprocess.STDOUT,
     )
     try:
-        port = _listening_port(proc, time.monotonic() + 30)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while True:
@@ -87,6 +64,7 @@ def users_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]
                     break
             except httpx.HTTPError:
                 pass
+            assert proc.poll() is None, "the users service exited"
             assert time.monotonic() < deadline, "users service not ready"
             time.sleep(0.1)
         yield Running(url, data_dir, env)
@@ -97,8 +75,6 @@ def users_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-        if proc.stderr:
-            proc.stderr.close()
         log.close()
 
 

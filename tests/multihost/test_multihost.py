@@ -33,8 +33,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.consul_double import ConsulDouble
-from devtools.launcher import ROOT, _gunicorn, free_port, http_status
+from devtools.launcher import ROOT, free_port, http_status
 from devtools.smtp_sink import Mailbox, SmtpSink
+from eventpost.serve import server_command
 from tests.e2e._suite import isolated_vhost
 from tests.integration.consul_helpers import Proc, until
 from tests.multihost._net import Host, NetnsUnavailable, TcpForward, hosts
@@ -120,12 +121,10 @@ class Net:
         return proc
 
     def start_http(self, host: Host, service: str) -> str:
-        """A gunicorn instance of ``service`` on ``host``; waits for /health, returns its URL."""
+        """An instance of ``service`` on ``host`` (the launcher's server, bound to the host's
+        address); waits for /health, returns its URL."""
         port = free_port()
-        argv = [
-            f"{host.address}:{port}" if arg.endswith(f":{port}") else arg
-            for arg in _gunicorn(service, port)[1:]
-        ]
+        argv = server_command(service, host.address, port)[1:]
         proc = self.start(host, service, argv, **{f"{service.upper()}_PORT": str(port)})
         return _wait_http(proc, f"http://{host.address}:{port}", "/health")
 

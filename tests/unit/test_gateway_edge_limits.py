@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import pytest
-from gunicorn import config as gunicorn_config
+from granian.http import HTTP1Settings
 
 from eventpost.settings import Settings
 from gateway.edge_http import EdgeHttpProtocol, EdgeLimits, edge_protocol
+from gateway.proxy import FORWARD_REQUEST_HEADERS
+
+# hyper (granian's HTTP/1 parser) refuses a request head of more than 100 fields and a
+# target of 65,534 bytes or more; granian does not make either configurable.
+HYPER_MAX_HEADERS = 100
+HYPER_MAX_URI_BYTES = 65_534
 
 
-def test_defaults_let_through_only_what_the_services_gunicorn_takes():
+def test_defaults_let_through_only_what_the_services_server_takes():
     limits = EdgeLimits.from_settings(Settings.from_env("gateway", {}))
     assert limits == EdgeLimits()
-    gunicorn = gunicorn_config.Config()  # the services run with gunicorn's defaults
-    # the request line the gateway forwards: method, target, version
-    assert len("OPTIONS  HTTP/1.1") + limits.max_url_bytes < gunicorn.limit_request_line
-    assert limits.max_field_bytes < gunicorn.limit_request_field_size
-    assert limits.max_headers <= gunicorn.limit_request_fields
+    server = HTTP1Settings()  # the services run granian with its HTTP/1 defaults
+    # the head the gateway forwards: the request line, the forwarded fields and its own four
+    # (X-Request-ID, X-Forwarded-For, -Proto, -Host), each no larger than the client's limits
+    forwarded = len(FORWARD_REQUEST_HEADERS) + 4
+    assert limits.max_url_bytes < HYPER_MAX_URI_BYTES
+    assert forwarded <= HYPER_MAX_HEADERS
+    assert limits.max_url_bytes + limits.max_header_bytes + 4 * 200 < server.max_buffer_size
 
 
 def test_each_limit_is_a_variable():
