@@ -45,6 +45,13 @@ _GRANIAN_LOGGING = {
 }
 
 
+def _not_the_threads_hint(record: logging.LogRecord) -> bool:
+    # granian warns at every start that 8 blocking threads is many for this machine's cores;
+    # they are chosen: most of a request's time is spent with the GIL released (SQLite,
+    # argon2, sockets).
+    return "Python threads, which seems quite high" not in record.getMessage()
+
+
 def default_port(settings: Settings, env: Mapping[str, str]) -> int:
     """Heroku's ``PORT`` when it is set, else the service's ``*_PORT``."""
     port = env.get("PORT")
@@ -101,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         log_access=False,
         workers_kill_timeout=args.graceful_timeout,
     )
+    logging.getLogger("_granian").addFilter(_not_the_threads_hint)
     registration: list[Registrar] = []
 
     def register() -> None:

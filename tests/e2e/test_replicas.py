@@ -92,10 +92,14 @@ def _master_pid(launcher_pid: int, port: int) -> int:
             continue
         try:
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            argv = (entry / "cmdline").read_bytes().decode().split("\0")
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == launcher_pid and f"127.0.0.1:{port}" in cmdline:
+        if (
+            ppid == launcher_pid
+            and "--port" in argv[:-1]
+            and argv[argv.index("--port") + 1] == str(port)
+        ):
             return int(entry.name)
     raise AssertionError(f"no child of {launcher_pid} serves port {port}")
 
