@@ -1,7 +1,6 @@
 """The users service as it runs in production: ``python -m eventpost.serve`` (granian) with
-two worker processes (each with
-threads) over one SQLite store and one key file, production argon2 parameters; clients in
-threads. Also ``invoke create-admin`` against that same store."""
+two worker processes (each with threads) over one SQLite store and one key file, production
+argon2 parameters; clients in threads. Also ``invoke create-admin`` against that same store."""
 
 from __future__ import annotations
 
