@@ -59,7 +59,8 @@ class Part:
 
 
 def service_command(service: str, port: int) -> list[str]:
-    """How the suite serves an HTTP service (granian, one process, 8 threads)."""
+    """How the suite serves an HTTP service (granian, one process; its threads per
+    :func:`eventpost.serve.default_threads`)."""
     return server_command(service, "127.0.0.1", port)
 
 

@@ -4,8 +4,14 @@ notifications) under granian, the way ``invoke run``, the images and Heroku run 
 granian is a Rust HTTP server: it parses HTTP and keeps connections in Rust and calls the
 Falcon app in a pool of blocking threads, so a cached read costs the service a fraction of
 what gunicorn's gthread worker spent around the app (docs/notes/NOTES-load.md). One worker
-process (``--workers``) with ``--threads`` threads (8): more throughput comes from more
+process (``--workers``) with ``--threads`` blocking threads; more throughput comes from more
 instances. The worker processes share the socket; the main process supervises them.
+
+The default thread count follows where the service waits (:func:`default_threads`): on the
+embedded store every call is in-process CPU work under the GIL, and one thread answers GETs at
+about twice the rate of eight, which spend their time handing the GIL over (measured in
+docs/notes/NOTES-load.md); on MongoDB a request waits on the network, and the users service
+waits on password hashing (argon2 releases the GIL), so threads overlap those waits.
 
 - ``--host`` (default ``127.0.0.1``; the images give ``0.0.0.0``) and ``--port`` (default
   Heroku's ``PORT`` when set, else the service's ``*_PORT``).
@@ -62,15 +68,33 @@ def default_port(settings: Settings, env: Mapping[str, str]) -> int:
     return settings.port
 
 
+def default_threads(service: str, settings: Settings) -> int:
+    """Blocking threads per worker when ``--threads`` is not given: 8 for the users service
+    (logins wait on argon2, which runs without the GIL) and for any service on MongoDB (a
+    request waits on the network); 1 for events and notifications on the embedded store,
+    where a request is CPU work under the GIL and more threads only contend for it."""
+    if service == "users" or settings.mongodb_url:
+        return 8
+    return 1
+
+
 def server_command(
-    service: str, host: str, port: int | None = None, *, threads: int = 8, workers: int = 1
+    service: str,
+    host: str,
+    port: int | None = None,
+    *,
+    threads: int | None = None,
+    workers: int = 1,
 ) -> list[str]:
-    """The argv that serves ``service`` on ``host`` and ``port`` (None: from the environment),
-    as the launcher, the images and the tests start it."""
+    """The argv that serves ``service`` on ``host`` and ``port`` (None: from the environment)
+    with ``threads`` blocking threads (None: :func:`default_threads`), as the launcher, the
+    images and the tests start it."""
     argv = [sys.executable, "-m", "eventpost.serve", service, "--host", host]
     if port is not None:
         argv += ["--port", str(port)]
-    return [*argv, "--threads", str(threads), "--workers", str(workers)]
+    if threads is not None:
+        argv += ["--threads", str(threads)]
+    return [*argv, "--workers", str(workers)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,11 +103,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("service", choices=SERVICES)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, help="default: PORT, else the service's *_PORT")
-    parser.add_argument("--threads", type=int, default=8, help="blocking threads (default 8)")
+    parser.add_argument(
+        "--threads", type=int, help="blocking threads per worker (default: see default_threads)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     parser.add_argument("--graceful-timeout", type=int, default=10)
     args = parser.parse_args(argv)
-    if args.threads < 1 or args.workers < 1:
+    if (args.threads is not None and args.threads < 1) or args.workers < 1:
         parser.error("--threads and --workers must be at least 1")
 
     settings = Settings.from_env(args.service)
@@ -100,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         port=port,
         interface=Interfaces.WSGI,
         workers=args.workers,
-        blocking_threads=args.threads,
+        blocking_threads=args.threads or default_threads(args.service, settings),
         http=HTTPModes.http1,
         websockets=False,
         log_level=LogLevels.warning,  # its start and stop lines are noise, as gunicorn's were

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from eventpost.serve import default_port, server_command
+from eventpost.serve import default_port, default_threads, server_command
 from eventpost.settings import Settings
 
 
@@ -33,6 +33,21 @@ def test_the_command_names_the_service_host_and_port():
         *("--threads", "4", "--workers", "2"),
     ]
     assert "--port" not in server_command("events", "0.0.0.0")
+    assert "--threads" not in server_command("events", "0.0.0.0")
+
+
+@pytest.mark.parametrize(
+    "service, env, threads",
+    [
+        ("events", {}, 1),
+        ("notifications", {}, 1),
+        ("users", {}, 8),
+        ("events", {"MONGODB_URL": "mongodb://db:27017"}, 8),
+        ("notifications", {"MONGODB_URL": "mongodb://db:27017"}, 8),
+    ],
+)
+def test_threads_follow_where_the_service_waits(service, env, threads):
+    assert default_threads(service, Settings.from_env(service, env)) == threads
 
 
 @pytest.mark.parametrize(
