@@ -13,12 +13,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from eventpost.discovery import Discovery
 from eventpost.web.edge import NotReady
+from gateway.upstream_http import ExchangeFailed, NotSent, UpstreamHttp
 
 log = logging.getLogger("gateway.upstreams")
 
@@ -147,16 +146,8 @@ class Upstream:
     policy: UpstreamPolicy
     breaker: CircuitBreaker
     clock: Callable[[], float] = time.monotonic
-    timeout: aiohttp.ClientTimeout = field(init=False)
     _turn: itertools.count = field(default_factory=itertools.count)
     _instance_breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.timeout = aiohttp.ClientTimeout(
-            total=self.policy.total_timeout,
-            connect=self.policy.connect_timeout,
-            sock_connect=self.policy.connect_timeout,
-        )
 
     def instance_breaker(self, base: str) -> CircuitBreaker:
         """The breaker of one instance (made on first use)."""
@@ -181,23 +172,22 @@ class Upstream:
             keep = set(instances)
             for gone in [base for base in self._instance_breakers if base not in keep]:
                 del self._instance_breakers[gone]
-        fresh = [base for base in instances if base not in tried] or instances
+        fresh = [base for base in instances if base not in tried] if tried else instances
+        fresh = fresh or instances
         start = next(self._turn)
-        order = [fresh[(start + i) % len(fresh)] for i in range(len(fresh))]
-        for base in order:
+        count = len(fresh)
+        for i in range(count):
+            base = fresh[(start + i) % count]
             if self.instance_breaker(base).allow():
                 return base
-        return order[0]
-
-
-# Errors raised before any byte of the request left: safe to retry for any method.
-_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+        return fresh[start % count]
 
 
 class UpstreamClient:
-    """Calls the upstream services through one pooled keep-alive :class:`aiohttp.ClientSession`.
+    """Calls the upstream services through one pool of keep-alive connections
+    (:class:`gateway.upstream_http.UpstreamHttp`).
 
-    The session is made by :meth:`start` (ASGI lifespan startup, inside the server's event loop)
+    The pool is made by :meth:`start` (ASGI lifespan startup, inside the server's event loop)
     and closed by :meth:`close`; nothing is opened at construction."""
 
     def __init__(
@@ -223,37 +213,26 @@ class UpstreamClient:
             self.upstreams[name] = Upstream(name, policy, breaker, clock)
         self._observe = observe or (lambda name, seconds: None)
         self._keepalive = keepalive_timeout
-        self._session: aiohttp.ClientSession | None = None
+        self._http: UpstreamHttp | None = None
 
     async def start(self) -> None:
         """Open the connection pool (call from inside the running event loop) and have
         discovery follow every upstream from now on."""
         self.discovery.watch(sorted(self.upstreams))
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=512,
-                limit_per_host=0,
-                keepalive_timeout=self._keepalive,
-                ttl_dns_cache=60,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                skip_auto_headers=("User-Agent", "Accept-Encoding"),
-            )
+        if self._http is None:
+            self._http = UpstreamHttp(limit=512, keepalive_timeout=self._keepalive)
 
     async def close(self) -> None:
         """Close the pool (ASGI lifespan shutdown)."""
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.close()
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def http(self) -> UpstreamHttp:
+        if self._http is None:
             raise RuntimeError("the upstream client has not been started")
-        return self._session
+        return self._http
 
     def _instances(self, name: str) -> list[str]:
         try:
@@ -288,6 +267,8 @@ class UpstreamClient:
         tries = 1 + max(0, upstream.policy.retries)
         idempotent = method in IDEMPOTENT_METHODS
         tried: list[str] = []
+        http = self.http
+        policy = upstream.policy
         try:
             for attempt in range(tries):
                 base = upstream.pick(self._instances(name), tried)
@@ -295,21 +276,21 @@ class UpstreamClient:
                 instance = upstream.instance_breaker(base)
                 started = time.perf_counter()
                 try:
-                    async with self.session.request(
+                    answer = await http.request(
+                        base,
                         method,
-                        URL(base + target, encoded=True),
-                        headers=headers,
-                        data=body or None,
-                        timeout=upstream.timeout,
-                        allow_redirects=False,
-                    ) as resp:
-                        data = await resp.read()
-                        elapsed = time.perf_counter() - started
-                        breaker.record_success()
-                        instance.record_success()
-                        self._observe(name, elapsed)
-                        return UpstreamResponse(resp.status, resp.headers, data, elapsed)
-                except _NOT_SENT as exc:
+                        target,
+                        headers,
+                        body or None,
+                        connect_timeout=policy.connect_timeout,
+                        total_timeout=policy.total_timeout,
+                    )
+                    elapsed = time.perf_counter() - started
+                    breaker.record_success()
+                    instance.record_success()
+                    self._observe(name, elapsed)
+                    return UpstreamResponse(answer.status, answer.headers, answer.body, elapsed)
+                except NotSent as exc:
                     breaker.record_failure()
                     instance.record_failure()
                     last: UpstreamError = UpstreamError(
@@ -324,7 +305,7 @@ class UpstreamClient:
                     raise UpstreamError(
                         504, f"The {name} service did not answer in time."
                     ) from None
-                except aiohttp.ClientError as exc:
+                except ExchangeFailed as exc:
                     breaker.record_failure()
                     instance.record_failure()
                     last = UpstreamError(502, f"The {name} service failed to answer.")
@@ -356,13 +337,14 @@ class UpstreamClient:
             instances = self.discovery.instances(name)
         except Exception:  # unknown service or discovery in trouble: not ready either way
             return False
-        timeout = aiohttp.ClientTimeout(total=upstream.policy.ready_timeout)
+        timeout = upstream.policy.ready_timeout
         for base in instances:
             try:
-                async with self.session.get(base + "/ready", timeout=timeout) as resp:
-                    await resp.read()
-                    if resp.status == 200:
-                        return True
-            except (aiohttp.ClientError, TimeoutError):
+                answer = await self.http.request(
+                    base, "GET", "/ready", {}, connect_timeout=timeout, total_timeout=timeout
+                )
+            except (NotSent, ExchangeFailed, TimeoutError, ValueError):
                 continue
+            if answer.status == 200:
+                return True
         return False
