@@ -80,5 +80,12 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # The JSON lines carry none of a record's source file, line, thread or process fields:
+    # not collecting them takes a third off every record (the stack walk for the caller
+    # above all), which counts on the hot path's one line per request.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # pika logs every frame at INFO/DEBUG; its warnings are what matter.
     logging.getLogger("pika").setLevel(logging.WARNING)

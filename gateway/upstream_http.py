@@ -162,6 +162,11 @@ class _Connection(asyncio.Protocol):
             self.transport.write(head)
         return self._waiter
 
+    def expire(self) -> None:
+        """The exchange's deadline passed: it fails with TimeoutError."""
+        self._fail(TimeoutError("the upstream did not answer in time"))
+        self.close()
+
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
@@ -222,33 +227,41 @@ class UpstreamHttp:
         if origin is None:
             origin = self._origins[base] = _Origin.of(base)
         head = _request_head(origin, method, target, headers, body)
-        async with asyncio.timeout(total_timeout):
-            await self._take_slot()
-            try:
-                conn = self._take_idle(origin)
-                if conn is None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + total_timeout
+        if self._in_use < self._limit and not self._waiting:
+            self._in_use += 1
+        else:
+            async with asyncio.timeout_at(deadline):
+                await self._wait_for_slot()
+        try:
+            conn = self._take_idle(origin)
+            if conn is None:
+                async with asyncio.timeout_at(deadline):
                     conn = await self._connect(origin, connect_timeout)
-                try:
-                    answer, reusable = await conn.send(head, body, head_only=method == "HEAD")
-                except BaseException:
-                    conn.close()  # cancelled, timed out or broken: its state is unknown
-                    raise
+            waiter = conn.send(head, body, head_only=method == "HEAD")
+            # One timer per exchange (asyncio.timeout costs several times more per call).
+            timer = loop.call_at(deadline, conn.expire)
+            try:
+                answer, reusable = await waiter
+            except BaseException:
+                conn.close()  # cancelled, timed out or broken: its state is unknown
+                raise
             finally:
-                self._give_slot()
-            if reusable and not conn.closed and not self._closed:
-                conn.idle_since = self._clock()
-                self._idle.setdefault(origin, deque()).append(conn)
-            else:
-                conn.close()
-            return answer
+                timer.cancel()
+        finally:
+            self._give_slot()
+        if reusable and not conn.closed and not self._closed:
+            conn.idle_since = self._clock()
+            self._idle.setdefault(origin, deque()).append(conn)
+        else:
+            conn.close()
+        return answer
 
     # A slot counter of its own: asyncio.Semaphore.acquire scans its waiters on every call
     # (3.11), which showed in the profile of the hot path.
 
-    async def _take_slot(self) -> None:
-        if self._in_use < self._limit and not self._waiting:
-            self._in_use += 1
-            return
+    async def _wait_for_slot(self) -> None:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append(waiter)
         try:
