@@ -19,6 +19,9 @@ Then, with wrk (``apt-get install wrk``), for ``--duration`` seconds each:
   ``--connections`` (default 200) and at 10 connections (ids rotate over the seeded events);
 - ``POST /v1/events`` (an admin token) direct and through the gateway at 10 connections.
 
+The hello runs again at the end, and the ratios take the better of its two runs (a slow
+minute on the shared machine must not shorten the yardstick).
+
 Prints a table (req/s, p50/p90/p99, errors and timeouts) and the ratios to the hello, and
 writes perf/results/bench_hotpath.json. The machine is shared and has 2 cores: wrk, the gateway
 and the service compete for them, so compare the ratios of one run, not absolute figures.
@@ -406,6 +409,11 @@ def measure(
     for part in ("events", "gateway"):
         for tag in tags:
             plan.append((f"{part}{tag} POST c=10", bases[f"{part}{tag}"] + "/v1/events", 10, posts))
+    # The hello once more at the end: a shared machine's slow minute must not make the
+    # yardstick short (the ratios take the better of its two runs).
+    for connections in (c, 10):
+        again = f"hello GET / c={connections}, again"
+        plan.append((again, bases["hello"] + "/", connections, None))
     runs: dict[str, dict] = {}
     for name, url, connections, script in plan:
         before = {part: cpu_seconds(pid) for part, pid in pids.items()}
@@ -422,6 +430,15 @@ def measure(
     return runs
 
 
+def hello_rps(runs: dict, connections: int) -> float:
+    """The yardstick at ``connections``: the better of the hello's two runs."""
+    return max(
+        runs[name]["rps"]
+        for name in (f"hello GET / c={connections}", f"hello GET / c={connections}, again")
+        if name in runs
+    )
+
+
 def report(runs: dict, args: argparse.Namespace) -> dict:
     c = args.connections
     ratios, goals = {}, {}
@@ -431,7 +448,7 @@ def report(runs: dict, args: argparse.Namespace) -> dict:
         for part in ("gateway", "events"):
             for level in (c, 10):
                 mine = runs[f"{part}{tag} GET by id c={level}"]["rps"]
-                hello = runs[f"hello GET / c={level}"]["rps"]
+                hello = hello_rps(runs, level)
                 ratios[f"{part}{tag} GET by id / hello, c={level}"] = round(mine / hello, 3)
         get, post = runs[f"gateway{tag} GET by id c={c}"], runs[f"gateway{tag} POST c=10"]
         goals[f"gateway{tag} GET by id >= 0.20 of hello at c={c}, 0 errors, 0 timeouts"] = (
