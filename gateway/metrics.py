@@ -51,6 +51,7 @@ class GatewayMetrics:
         self.request_latency_of = LabelledChildren(self.request_latency)
         self._upstream_latency = LabelledChildren(self.upstream_latency)
         self._circuit_open = LabelledChildren(self.circuit_open)
+        self._breaker_states: dict[str, BreakerState] = {}
 
         self.rate_limited = Counter(
             "gateway_rate_limited_total",
@@ -81,5 +82,9 @@ class GatewayMetrics:
         self._upstream_latency(upstream).observe(seconds)
 
     def observe_breaker(self, upstream: str, state: BreakerState) -> None:
-        """The circuit breaker of ``upstream`` is in ``state`` now."""
+        """The circuit breaker of ``upstream`` is in ``state`` now (the gauge is written only
+        when that changes: every forwarded request reports it)."""
+        if self._breaker_states.get(upstream) is state:
+            return
+        self._breaker_states[upstream] = state
         self._circuit_open(upstream).set(0 if state is BreakerState.CLOSED else 1)

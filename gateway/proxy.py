@@ -114,7 +114,12 @@ class Proxy:
             raise _too_large(limit)
 
         await self._authenticate(req)
-        body = await _read_body(req, limit)
+        # HTTP/1.1: a request has a body only when it says how it is framed (RFC 9112 6.3);
+        # without either header there is nothing to wait for.
+        if length is None and req.get_header("Transfer-Encoding") is None:
+            body = b""
+        else:
+            body = await _read_body(req, limit)
 
         await self._forward(req, resp, route.upstream, body)
 
