@@ -62,7 +62,7 @@ EXPOSE 8003
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/ready' % (os.environ.get('PORT') or os.environ['NOTIFICATIONS_PORT']), timeout=2)"]
 # The command `invoke run` uses (devtools/launcher.py), on all interfaces: granian, one worker
-# process (its threads: 8 on MongoDB, see eventpost.serve.default_threads); more throughput
+# process (8 threads on MongoDB, see eventpost.serve.default_threads); more throughput
 # comes from more containers, not more workers in one.
 # Its port is Heroku's $PORT when set, else $NOTIFICATIONS_PORT. On SIGTERM it stops accepting,
 # lets requests in flight finish (its --graceful-timeout, 10 s; compose gives a 15 s grace period),

@@ -7,11 +7,11 @@ what gunicorn's gthread worker spent around the app (docs/notes/NOTES-load.md). 
 process (``--workers``) with ``--threads`` blocking threads; more throughput comes from more
 instances. The worker processes share the socket; the main process supervises them.
 
-The default thread count follows where the service waits (:func:`default_threads`): on the
-embedded store every call is in-process CPU work under the GIL, and one thread answers GETs at
-about twice the rate of eight, which spend their time handing the GIL over (measured in
-docs/notes/NOTES-load.md); on MongoDB a request waits on the network, and the users service
-waits on password hashing (argon2 releases the GIL), so threads overlap those waits.
+The default thread count follows where the service waits (:func:`default_threads`): the events
+service on the embedded store does in-process CPU work under the GIL, and one thread answers
+its GETs at twice the rate of eight, which spend their time handing the GIL over (measured in
+docs/notes/NOTES-load.md); where requests wait (MongoDB, argon2, calls to other services),
+threads overlap the waits.
 
 - ``--host`` (default ``127.0.0.1``; the images give ``0.0.0.0``) and ``--port`` (default
   Heroku's ``PORT`` when set, else the service's ``*_PORT``).
@@ -69,13 +69,15 @@ def default_port(settings: Settings, env: Mapping[str, str]) -> int:
 
 
 def default_threads(service: str, settings: Settings) -> int:
-    """Blocking threads per worker when ``--threads`` is not given: 8 for the users service
-    (logins wait on argon2, which runs without the GIL) and for any service on MongoDB (a
-    request waits on the network); 1 for events and notifications on the embedded store,
-    where a request is CPU work under the GIL and more threads only contend for it."""
-    if service == "users" or settings.mongodb_url:
-        return 8
-    return 1
+    """Blocking threads per worker when ``--threads`` is not given. 1 for the events service
+    on the embedded store: its requests are CPU work under the GIL (SQLite in-process, the
+    users' JWKS fetched rarely), and more threads only contend for it. 8 wherever requests
+    wait: on MongoDB (the network), in the users service (argon2 runs without the GIL), in
+    the notifications service (it asks the events and users services over HTTP, and one
+    slow answer must not hold up every other request, ``/health`` included)."""
+    if service == "events" and not settings.mongodb_url:
+        return 1
+    return 8
 
 
 def server_command(

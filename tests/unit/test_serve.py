@@ -40,7 +40,7 @@ def test_the_command_names_the_service_host_and_port():
     "service, env, threads",
     [
         ("events", {}, 1),
-        ("notifications", {}, 1),
+        ("notifications", {}, 8),
         ("users", {}, 8),
         ("events", {"MONGODB_URL": "mongodb://db:27017"}, 8),
         ("notifications", {"MONGODB_URL": "mongodb://db:27017"}, 8),
