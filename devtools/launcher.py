@@ -92,7 +92,8 @@ def _instances(service: str, count: int, port: int) -> list[tuple[str, int]]:
     """(part name, port) of each instance: the first on ``port``, the others on free ports."""
     if count <= 1:
         return [(service, port)]
-    ports = [port] + [free_port() for _ in range(count - 1)]
+    others = [p for p in free_ports(count) if p != port][: count - 1]
+    ports = [port, *others]
     return [(f"{service}-{i}", p) for i, p in enumerate(ports, start=1)]
 
 
@@ -184,9 +185,19 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different TCP ports nobody listens on right now (each held until all are
+    picked: ports asked for one at a time may repeat)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+        return ports
 
 
 def http_status(url: str, timeout: float = 1.0) -> int | None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from collections.abc import Mapping
 
@@ -80,6 +81,22 @@ def default_threads(service: str, settings: Settings) -> int:
     return 8
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens on ``host:port``. granian binds with SO_REUSEPORT
+    on Linux, so a second server on a port in use would not fail: it would silently take a
+    share of the first one's connections (another service's requests answered 404 here)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no use
+        try:
+            probe.bind(address)
+        except OSError:
+            return True
+    return False
+
+
 def server_command(
     service: str,
     host: str,
@@ -122,6 +139,9 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         parser.error(str(exc))
 
+    if port_in_use(host, port):
+        log.error("%s: something already listens on %s:%d", args.service, host, port)
+        raise SystemExit(1)
     server = Granian(
         f"services.{args.service}.wsgi:app",
         address=host,

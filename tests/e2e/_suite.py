@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from devtools.launcher import ROOT, Suite, free_port
+from devtools.launcher import ROOT, Suite, free_ports
 
 
 def json_records(lines: Iterable[str]) -> list[dict[str, Any]]:
@@ -120,15 +120,16 @@ def isolated_vhost() -> Iterator[str]:
 def suite_env(data_dir: Path, amqp_url: str) -> dict[str, str]:
     """The environment of a suite on free ports with its own data directory and vhost."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTP_HOST", "PYTEST_"))}
+    gateway, users, events, notifications, smtp = free_ports(5)
     env.update(
         {
             "AMQP_URL": amqp_url,
             "DATA_DIR": str(data_dir),
-            "GATEWAY_PORT": str(free_port()),
-            "USERS_PORT": str(free_port()),
-            "EVENTS_PORT": str(free_port()),
-            "NOTIFICATIONS_PORT": str(free_port()),
-            "SMTP_PORT": str(free_port()),
+            "GATEWAY_PORT": str(gateway),
+            "USERS_PORT": str(users),
+            "EVENTS_PORT": str(events),
+            "NOTIFICATIONS_PORT": str(notifications),
+            "SMTP_PORT": str(smtp),
             "RETRY_DELAYS": "0.5,1,2",
             "DISPATCH_INTERVAL": "0.2",
             # The suite's own clients in tests send many requests from one address.

@@ -67,3 +67,25 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(tmp_path, whom):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         log.close()
+
+
+def test_a_port_something_listens_on_is_refused_not_shared(tmp_path):
+    # granian binds with SO_REUSEPORT: without the check a second server on the port would
+    # take a share of the first one's connections (as another granian would let it).
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "DATA_DIR": str(tmp_path)}
+        env.pop("CONSUL_HTTP_ADDR", None)
+        done = subprocess.run(
+            server_command("events", "127.0.0.1", port),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert f"something already listens on 127.0.0.1:{port}" in done.stdout
+    assert not list(tmp_path.glob("*.sqlite3"))  # it stopped before opening its store

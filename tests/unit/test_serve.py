@@ -3,12 +3,13 @@ tests: users over HTTP, Consul registration, the launcher)."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
 import pytest
 
-from eventpost.serve import default_port, default_threads, server_command
+from eventpost.serve import default_port, default_threads, port_in_use, server_command
 from eventpost.settings import Settings
 
 
@@ -60,3 +61,14 @@ def test_nonsense_arguments_exit_2_with_a_message(args, message):
     )
     assert done.returncode == 2
     assert message in done.stderr
+
+
+def test_a_free_port_is_not_in_use_and_a_listened_one_is():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        assert port_in_use("127.0.0.1", listening.getsockname()[1])
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    assert not port_in_use("127.0.0.1", port)
