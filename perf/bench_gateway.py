@@ -16,8 +16,9 @@ Python, asyncio) and ``httptools`` (C parser, with uvloop; uvicorn[standard]).
 and reports p50/p99 latency (client side: request sent to body read), throughput, and the
 ratios gateway/direct. Also measured in the same run:
 
-- the upstream client alone: aiohttp vs httpx (``httpx.AsyncClient``) calling the upstream
-  directly, same concurrency (issue 2 says httpx was measured ~17x slower);
+- the upstream client alone: the gateway's own (``gateway.upstream_http``), aiohttp and httpx
+  (``httpx.AsyncClient``) calling the upstream directly, same concurrency (issue 2 says httpx
+  was measured ~17x slower; the gateway used aiohttp's client until it got its own);
 - token verification alone (``eventpost.auth.KeySet.verify``), microseconds per token;
 - the gateway's own view: mean of ``gateway_overhead_seconds`` from its /metrics.
 
@@ -171,6 +172,27 @@ async def with_httpx(url: str, headers: dict[str, str], requests: int, concurren
             return resp.status_code
 
         return await drive(send, requests, concurrency)
+
+
+async def with_gateway_client(url: str, headers: dict[str, str], requests: int, concurrency: int):
+    from urllib.parse import urlsplit
+
+    from gateway.upstream_http import UpstreamHttp
+
+    parts = urlsplit(url)
+    base, target = f"{parts.scheme}://{parts.netloc}", parts.path or "/"
+    http = UpstreamHttp(limit=concurrency)
+
+    async def send() -> int:
+        answer = await http.request(
+            base, "GET", target, headers, connect_timeout=2.0, total_timeout=10.0
+        )
+        return answer.status
+
+    try:
+        return await drive(send, requests, concurrency)
+    finally:
+        await http.close()
 
 
 def verify_cost(mint: TokenMint, rounds: int = 3000) -> float:
@@ -331,7 +353,11 @@ def main() -> int:
             else:
                 clients: dict[str, dict[int, dict[str, float]]] = {}
                 for concurrency in (1, 10):
-                    for name, runner in (("aiohttp", with_aiohttp), ("httpx", with_httpx)):
+                    for name, runner in (
+                        ("gateway.upstream_http", with_gateway_client),
+                        ("aiohttp", with_aiohttp),
+                        ("httpx", with_httpx),
+                    ):
                         clients.setdefault(name, {})[concurrency] = asyncio.run(
                             runner(direct, {}, args.requests, concurrency)
                         )
@@ -343,6 +369,21 @@ def main() -> int:
                         ),
                         "throughput": round(
                             clients["httpx"][c]["rps"] / clients["aiohttp"][c]["rps"], 2
+                        ),
+                    }
+                    for c in (1, 10)
+                }
+                results["client ratios aiohttp/gateway.upstream_http"] = {
+                    f"c={c}": {
+                        "p50": round(
+                            clients["aiohttp"][c]["p50_ms"]
+                            / clients["gateway.upstream_http"][c]["p50_ms"],
+                            2,
+                        ),
+                        "throughput": round(
+                            clients["aiohttp"][c]["rps"]
+                            / clients["gateway.upstream_http"][c]["rps"],
+                            2,
                         ),
                     }
                     for c in (1, 10)
