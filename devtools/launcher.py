@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devtools.supervisor import GiveUp, RestartPolicy, Supervisor
-from eventpost.serve import server_command
+from eventpost.serve import port_in_use, server_command
 from eventpost.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -176,13 +176,6 @@ def module_exists(name: str) -> bool:
         return False
 
 
-def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether something already listens on ``host:port``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
-
-
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     return free_ports(1)[0]
@@ -273,9 +266,9 @@ class Suite:
             raise SuiteError(
                 "cannot import " + ", ".join(missing) + ": run `invoke install --force`"
             )
-        taken = [p for p in self.parts if p.port and port_in_use(p.port)]
+        taken = [p for p in self.parts if p.port and port_in_use("127.0.0.1", p.port)]
         sink = any(p.name == "smtp-sink" for p in self.parts)
-        if sink and port_in_use(self.settings.smtp_port):
+        if sink and port_in_use("127.0.0.1", self.settings.smtp_port):
             raise SuiteError(
                 f"port {self.settings.smtp_port} (SMTP_PORT) is already in use: stop what "
                 "listens there, or set SMTP_PORT / SMTP_HOST"

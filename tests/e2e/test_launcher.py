@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.launcher import ROOT
+from devtools.launcher import ROOT, Suite, SuiteError
 from tests.e2e._suite import isolated_vhost, suite_env
 
 
@@ -100,3 +101,15 @@ def _start_and_stop(env: dict[str, str], tmp_path: Path, sig: signal.Signals) ->
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_taken_port_stops_the_suite_before_anything_starts(tmp_path):
+    env = suite_env(tmp_path, "amqp://guest:guest@127.0.0.1:5672/%2F")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as granian listens
+        taken.bind(("127.0.0.1", int(env["EVENTS_PORT"])))
+        taken.listen()
+        suite = Suite(env, with_smtp_sink=False)
+        with pytest.raises(SuiteError, match=f"events on {env['EVENTS_PORT']}"):
+            suite.start()
+    assert not list(tmp_path.glob("*.sqlite3"))
