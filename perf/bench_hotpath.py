@@ -410,8 +410,9 @@ def measure(
     # the cores the servers share. The plain GET / is kept beside it for reference.
     hello = rotating_script(workdir / "hello.lua", [f"/?i={i}" for i in range(args.events)])
     c = args.connections
+    levels = list(dict.fromkeys((c, 10)))  # once each, also when --connections is 10
     plan = []
-    for connections in (c, 10):
+    for connections in levels:
         plan.append((f"hello GET / c={connections}", bases["hello"] + "/", connections, None))
         plan.append((f"hello GET /?i c={connections}", bases["hello"] + "/", connections, hello))
         for part in ("events", "gateway"):
@@ -423,7 +424,7 @@ def measure(
             plan.append((f"{part}{tag} POST c=10", bases[f"{part}{tag}"] + "/v1/events", 10, posts))
     # The hello once more at the end: a shared machine's slow minute must not make the
     # yardstick short (the ratios take the better of its two runs).
-    for connections in (c, 10):
+    for connections in levels:
         again = f"hello GET /?i c={connections}, again"
         plan.append((again, bases["hello"] + "/", connections, hello))
     runs: dict[str, dict] = {}
