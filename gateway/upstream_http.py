@@ -70,11 +70,11 @@ class _Origin:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) base URL: {base!r}")
         tls = parts.scheme == "https"
-        port = parts.port or (443 if tls else 80)
+        default_port = 443 if tls else 80
+        port = parts.port or default_port
         host = parts.hostname
         shown = f"[{host}]" if ":" in host else host
-        default = port == (443 if tls else 80)
-        return cls(host, port, tls, shown if default else f"{shown}:{port}")
+        return cls(host, port, tls, shown if port == default_port else f"{shown}:{port}")
 
 
 class _Connection(asyncio.Protocol):
