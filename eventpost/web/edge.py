@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from eventpost.errors import DomainError
 from eventpost.ids import new_id
-from eventpost.logs import loggable_path, request_id_var
+from eventpost.logs import log_line, loggable_path, request_id_var
 from eventpost.problems import PROBLEM_JSON, problem_body, problem_from_http_error
 
 log = logging.getLogger("eventpost.http")
@@ -132,7 +132,7 @@ class RequestEdge:
             "duration_ms": round(elapsed * 1000, 2),
         }
         fields.update(self.log_fields(req))
-        self.logger.log(level, "%s %s %s", req.method, path, resp.status_code, extra=fields)
+        log_line(self.logger, level, f"{req.method} {path} {resp.status_code}", fields)
 
 
 def serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:

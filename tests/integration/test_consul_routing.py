@@ -265,7 +265,7 @@ def _errors(proc) -> list[str]:
     return [
         line
         for line in proc.log_text().splitlines()
-        if '"level": "ERROR"' in line or '"status": 5' in line
+        if '"level":"ERROR"' in line or '"status":5' in line
     ]
 
 
