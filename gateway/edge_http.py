@@ -67,6 +67,65 @@ class EdgeLimits:
         )
 
 
+class CoalescingTransport:
+    """A transport's writes of one event loop turn, sent as one.
+
+    uvicorn writes an answer's status line and headers, then its body: two ``send`` calls,
+    two TCP segments, for every answer (on loopback each ``send`` also runs the receiver's
+    side of TCP). Falcon sends both in one turn of the loop, so here they leave together,
+    at the end of that turn (or at once when the connection is closed). Everything else is
+    the wrapped transport's."""
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` for the end of this loop turn."""
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._send)
+        self._pending.append(data)
+
+    def _send(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        if not self._transport.is_closing():  # a peer gone: nobody to send to
+            self._transport.write(data)
+
+    def close(self) -> None:
+        """Send what is queued, then close."""
+        self._send()
+        self._transport.close()
+
+    def abort(self) -> None:
+        """Drop what is queued and abort."""
+        self._pending.clear()
+        self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class _Refused(Exception):
     """Raised in a parser callback to stop parsing; the refusal is on the protocol."""
 
@@ -91,8 +150,9 @@ class EdgeHttpProtocol(HttpToolsProtocol):
     # -- connection --------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        """Start the header deadline: a connection that sends nothing is closed too."""
-        super().connection_made(transport)
+        """Start the header deadline: a connection that sends nothing is closed too. The
+        protocol writes through a :class:`CoalescingTransport`."""
+        super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
         self._arm(self.limits.header_timeout, "headers")
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -1,12 +1,16 @@
-"""The gateway's edge limits come from the environment, with sane defaults."""
+"""The gateway's edge limits come from the environment, with sane defaults; its protocol's
+writes of one loop turn leave as one."""
 
 from __future__ import annotations
+
+import asyncio
+import socket
 
 import pytest
 from granian.http import HTTP1Settings
 
 from eventpost.settings import Settings
-from gateway.edge_http import EdgeHttpProtocol, EdgeLimits, edge_protocol
+from gateway.edge_http import CoalescingTransport, EdgeHttpProtocol, EdgeLimits, edge_protocol
 from gateway.proxy import FORWARD_REQUEST_HEADERS
 
 # hyper (granian's HTTP/1 parser) refuses a request head of more than 100 fields and a
@@ -54,3 +58,63 @@ def test_the_protocol_class_carries_its_limits():
     assert issubclass(bound, EdgeHttpProtocol)
     assert bound.limits is limits
     assert EdgeHttpProtocol.limits == EdgeLimits()
+
+
+class _CountingTransport:
+    """A real transport, with its write calls counted."""
+
+    def __init__(self, transport):
+        self.transport = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data):
+        self.writes.append(data)
+        self.transport.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.transport, name)
+
+
+async def _pair():
+    """A real socket transport on one end of a socketpair and a reader on the other."""
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
+    reader, writer = await asyncio.open_connection(sock=theirs)
+    counted = _CountingTransport(transport)
+    return CoalescingTransport(counted, loop), counted, reader, writer
+
+
+def test_the_writes_of_one_loop_turn_leave_as_one():
+    async def scenario():
+        coalescing, counted, reader, writer = await _pair()
+        coalescing.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        coalescing.write(b"ok")
+        assert counted.writes == []  # not yet: at the end of this turn
+        await asyncio.sleep(0)
+        assert counted.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]
+        coalescing.write(b"next")  # a later turn: a write of its own
+        await asyncio.sleep(0)
+        assert counted.writes[1:] == [b"next"]
+        coalescing.close()
+        received = await reader.read()
+        writer.close()
+        return received
+
+    assert asyncio.run(scenario()) == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\noknext"
+
+
+def test_close_sends_what_is_queued_first_and_abort_drops_it():
+    async def scenario(how):
+        coalescing, _counted, reader, writer = await _pair()
+        coalescing.write(b"last words")
+        getattr(coalescing, how)()
+        try:
+            return await reader.read()
+        except ConnectionResetError:
+            return b""
+        finally:
+            writer.close()
+
+    assert asyncio.run(scenario("close")) == b"last words"
+    assert asyncio.run(scenario("abort")) == b""
