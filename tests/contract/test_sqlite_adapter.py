@@ -141,6 +141,15 @@ def test_a_failed_write_inside_a_transaction_leaves_the_rest(tmp_path):
     assert [e["id"] for e in store.iter_outbox()] == ["ev-1"]
 
 
+def test_a_document_with_an_integer_beyond_64_bits_reads_back(tmp_path):
+    # Documents are read with orjson, which stops at 64 bits; the json module reads the rest.
+    store = SqliteStore(tmp_path / "db.sqlite3")
+    things = store.collection(CollectionSpec("things"))
+    things.insert({"id": "big", "n": 2**70})
+    assert things.get("big")["n"] == 2**70
+    store.close()
+
+
 def test_close_then_use_again(tmp_path):
     store = SqliteStore(tmp_path / "s.sqlite3")
     events = store.collection(EVENTS)

@@ -156,3 +156,19 @@ def test_wrong_content_type_is_415(client, store):
     )
     assert_problem(resp, 415)
     assert store.saved == []
+
+
+def test_json_answers_are_compact_utf8_and_take_any_integer():
+    from eventpost.web import dumps
+    from eventpost.web.edge import JSON_MEDIA
+
+    value = {"name": "Café", "n": 2**70, "items": [1.5, None, True]}
+    assert dumps(value) == '{"name":"Café","n":1180591620717411303424,"items":[1.5,null,true]}'
+    assert json.loads(JSON_MEDIA.serialize({"name": "Café"}, "application/json")) == {
+        "name": "Café"
+    }
+
+
+def test_resp_media_goes_through_the_json_of_every_answer(client):
+    answer = client.simulate_get("/health")
+    assert answer.text == '{"status":"ok"}'
