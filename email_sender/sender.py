@@ -36,7 +36,11 @@ published together (one wait for all the confirms) at the end of the batch; only
 the messages acked. A message whose record or report failed there is retried like one whose
 handler raised. The guarantee is the one above: a crash before the end of the batch leaves
 its messages unacked and their records ``sending``, so they are sent again (same Message-ID).
-Two copies of one job in the same batch make one email.
+Two copies of one job in the same batch make one email. A ``sending`` record's lease is twice
+one send's bound in batch mode, and a batch that runs so long that a lease has less than one
+send's bound left writes its waiting ``sent`` records before the next send: so no lease runs
+out while its email waits for the end of the batch (a copy of the job elsewhere would be sent
+again).
 
 Everything an :class:`EmailSender` opens (store, SMTP connection, publisher) is opened lazily
 in the consumer's handler thread, the one thread that calls :meth:`~EmailSender.handle` and
@@ -198,6 +202,8 @@ class EmailSender:
             # A previous attempt got as far as SMTP: it failed, or its worker died (then
             # the server may have the message already; see email_sender.delivery_log).
             log.info("job seen before, sending again", extra={**info, "was": known.status})
+        self._record_before_leases_run_out(deliveries)
+        began_at = self.clock()
         deliveries.begin(job.idempotency_key, message_id, attempt, known)
         try:
             self.mailer.send(email)
@@ -220,14 +226,16 @@ class EmailSender:
             "email sent",
             extra={**info, "smtp_message_id": message_id, "to_domain": job.to.rpartition("@")[2]},
         )
-        self._accepted(envelope, job, message_id, attempt)
+        self._accepted(envelope, job, message_id, attempt, began_at)
 
-    def _accepted(self, envelope: Envelope, job: EmailJob, message_id: str, attempt: int) -> None:
+    def _accepted(
+        self, envelope: Envelope, job: EmailJob, message_id: str, attempt: int, began_at: datetime
+    ) -> None:
         """The server took the email: record and report it (batch mode: at :meth:`flush`)."""
         sent_at = self.clock()
         if self.batch_size > 1:
             self._pending[job.idempotency_key] = _Accepted(
-                envelope, job, message_id, attempt, sent_at, [envelope.id]
+                envelope, job, message_id, attempt, sent_at, [envelope.id], began_at
             )
             return
         self._deliveries().sent(job.idempotency_key, message_id, attempt, sent_at)
@@ -243,9 +251,7 @@ class EmailSender:
         if not accepted:
             return {}
         try:
-            self._deliveries().sent_many(
-                [(a.job.idempotency_key, a.message_id, a.attempt, a.sent_at) for a in accepted]
-            )
+            self._record_sent([a for a in accepted if not a.recorded])
         except Exception as exc:
             log.warning("could not record a batch of sent emails", exc_info=True)
             return {envelope_id: exc for a in accepted for envelope_id in a.envelope_ids}
@@ -318,8 +324,44 @@ class EmailSender:
     def _deliveries(self) -> DeliveryLog:
         if self._log is None:
             self._store = self.store_factory()
-            self._log = DeliveryLog(self._store, clock=self.clock, lease=self.lease)
+            self._log = DeliveryLog(self._store, clock=self.clock, lease=self._record_lease())
         return self._log
+
+    def _record_lease(self) -> timedelta:
+        """How long a ``sending`` record holds its job: one send's bound (:attr:`lease`), and
+        twice that in batch mode, where the record waits for the end of the batch (see
+        :meth:`_record_before_leases_run_out`)."""
+        return self.lease * 2 if self.batch_size > 1 else self.lease
+
+    def _record_before_leases_run_out(self, deliveries: DeliveryLog) -> None:
+        """Batch mode, before the next send: if an accepted email's lease has less than one
+        send's bound left, the next send could outlast it, and a copy of its job on another
+        worker would then be sent again; so every accepted email waiting for its record is
+        recorded as sent now (one transaction; reports and acks still wait for the end of
+        the batch). On a normal batch (sends of milliseconds) this never happens."""
+        waiting = [a for a in self._pending.values() if not a.recorded]
+        if not waiting:
+            return
+        oldest = min(a.began_at for a in waiting)
+        if oldest + self._record_lease() - self.clock() >= self.lease:
+            return
+        try:
+            self._record_sent(waiting)
+        except Exception:
+            # The end of the batch tries again; until then the leases may run out.
+            log.warning("could not record sent emails before their leases ran out", exc_info=True)
+            return
+        log.info("sent emails recorded before the end of a long batch", extra={"n": len(waiting)})
+
+    def _record_sent(self, accepted: list[_Accepted]) -> None:
+        """Record ``accepted`` as sent, in one transaction."""
+        if not accepted:
+            return
+        self._deliveries().sent_many(
+            [(a.job.idempotency_key, a.message_id, a.attempt, a.sent_at) for a in accepted]
+        )
+        for a in accepted:
+            a.recorded = True
 
     @staticmethod
     def _release_quietly(deliveries: DeliveryLog, key: str) -> None:
@@ -409,7 +451,8 @@ def _dropped(kind: str, key: Any) -> None:
 @dataclass(eq=False)
 class _Accepted:
     """An email the server accepted in this batch, its record and report still to do;
-    ``envelope_ids``: the messages (copies of its job) that wait for them."""
+    ``envelope_ids``: the messages (copies of its job) that wait for them; ``began_at``: when
+    its lease began; ``recorded``: its ``sent`` record is written already."""
 
     source: Envelope
     job: EmailJob
@@ -417,6 +460,8 @@ class _Accepted:
     attempt: int
     sent_at: datetime
     envelope_ids: list[str]
+    began_at: datetime
+    recorded: bool = False
 
 
 def send_lease(smtp_timeout: float) -> timedelta:

@@ -7,6 +7,7 @@ nor receives messages of anything else running on the broker."""
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime, timedelta
 
 import pika
 import pytest
@@ -404,3 +405,33 @@ def test_when_a_batch_cannot_be_reported_its_messages_are_retried_and_not_sent_a
     }
     assert sum(sizes) == 6  # each in a failed batch report; the retries reported one by one
     assert parked(broker, wired.consumer.queue) == []
+
+
+def test_a_long_batch_records_its_sent_emails_before_their_leases_run_out(broker: Broker, tmp_path):
+    # The sender called as its consumer calls it in batch mode, on a clock the test moves:
+    # a send's bound is 60 s, a batch's record holds its job 120 s.
+    now = [datetime(2026, 12, 4, 12, 0, tzinfo=UTC)]
+    handler = ScriptedHandler([])
+    with smtp_server(handler) as server:
+        sender = wire(broker, tmp_path, server.port, batch_size=10).sender
+        sender.clock = lambda: now[0]
+        sender.lease = timedelta(seconds=60)
+        jobs = [email_job() for _ in range(4)]
+        keys = [j.payload["idempotency_key"] for j in jobs]
+        sender.handle(jobs[0])
+        sender.handle(jobs[1])  # a quick batch: nothing is written before its end
+        assert sent_records(tmp_path, keys[:2]) == dict.fromkeys(keys[:2], "sending")
+        now[0] += timedelta(seconds=61)  # the first lease has 59 s left: less than a send
+        sender.handle(jobs[2])
+        assert sent_records(tmp_path, keys[:3]) == {
+            keys[0]: "sent",
+            keys[1]: "sent",
+            keys[2]: "sending",
+        }
+        now[0] += timedelta(seconds=10)  # the third's lease still has 110 s
+        sender.handle(jobs[3])
+        assert sent_records(tmp_path, keys)[keys[2]] == "sending"
+        assert sender.flush() == {}
+        sender.close()
+    assert sent_records(tmp_path, keys) == dict.fromkeys(keys, "sent")
+    assert sorted(m["To"] for m in handler.accepted) == sorted(j.payload["to"] for j in jobs)
