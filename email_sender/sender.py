@@ -202,7 +202,7 @@ class EmailSender:
             # A previous attempt got as far as SMTP: it failed, or its worker died (then
             # the server may have the message already; see email_sender.delivery_log).
             log.info("job seen before, sending again", extra={**info, "was": known.status})
-        self._record_before_leases_run_out(deliveries)
+        _record_before_leases_run_out(deliveries, self._pending, self.clock(), self.lease)
         began_at = self.clock()
         deliveries.begin(job.idempotency_key, message_id, attempt, known)
         try:
@@ -220,7 +220,7 @@ class EmailSender:
             raise RefusedForGood(str(exc)) from exc
         except Exception:
             # Retried through the delay queues: whoever gets the retry need not wait.
-            self._release_quietly(deliveries, job.idempotency_key)
+            _release_quietly(deliveries, job.idempotency_key)
             raise
         log.info(
             "email sent",
@@ -251,7 +251,7 @@ class EmailSender:
         if not accepted:
             return {}
         try:
-            self._record_sent([a for a in accepted if not a.recorded])
+            _record_sent(self._deliveries(), [a for a in accepted if not a.recorded])
         except Exception as exc:
             log.warning("could not record a batch of sent emails", exc_info=True)
             return {envelope_id: exc for a in accepted for envelope_id in a.envelope_ids}
@@ -324,53 +324,10 @@ class EmailSender:
     def _deliveries(self) -> DeliveryLog:
         if self._log is None:
             self._store = self.store_factory()
-            self._log = DeliveryLog(self._store, clock=self.clock, lease=self._record_lease())
+            self._log = DeliveryLog(
+                self._store, clock=self.clock, lease=_record_lease(self.lease, self.batch_size)
+            )
         return self._log
-
-    def _record_lease(self) -> timedelta:
-        """How long a ``sending`` record holds its job: one send's bound (:attr:`lease`), and
-        twice that in batch mode, where the record waits for the end of the batch (see
-        :meth:`_record_before_leases_run_out`)."""
-        return self.lease * 2 if self.batch_size > 1 else self.lease
-
-    def _record_before_leases_run_out(self, deliveries: DeliveryLog) -> None:
-        """Batch mode, before the next send: if an accepted email's lease has less than one
-        send's bound left, the next send could outlast it, and a copy of its job on another
-        worker would then be sent again; so every accepted email waiting for its record is
-        recorded as sent now (one transaction; reports and acks still wait for the end of
-        the batch). On a normal batch (sends of milliseconds) this never happens."""
-        waiting = [a for a in self._pending.values() if not a.recorded]
-        if not waiting:
-            return
-        oldest = min(a.began_at for a in waiting)
-        if oldest + self._record_lease() - self.clock() >= self.lease:
-            return
-        try:
-            self._record_sent(waiting)
-        except Exception:
-            # The end of the batch tries again; until then the leases may run out.
-            log.warning("could not record sent emails before their leases ran out", exc_info=True)
-            return
-        log.info("sent emails recorded before the end of a long batch", extra={"n": len(waiting)})
-
-    def _record_sent(self, accepted: list[_Accepted]) -> None:
-        """Record ``accepted`` as sent, in one transaction."""
-        if not accepted:
-            return
-        self._deliveries().sent_many(
-            [(a.job.idempotency_key, a.message_id, a.attempt, a.sent_at) for a in accepted]
-        )
-        for a in accepted:
-            a.recorded = True
-
-    @staticmethod
-    def _release_quietly(deliveries: DeliveryLog, key: str) -> None:
-        """End the lease on ``key``; a store error is logged, not raised over the send's
-        own error (the lease then simply runs out)."""
-        try:
-            deliveries.release(key)
-        except Exception:
-            log.warning("could not end the lease on a failed send", exc_info=True)
 
     def _maybe_prune(self) -> None:
         now = self.clock()
@@ -462,6 +419,59 @@ class _Accepted:
     envelope_ids: list[str]
     began_at: datetime
     recorded: bool = False
+
+
+def _release_quietly(deliveries: DeliveryLog, key: str) -> None:
+    """End the lease on ``key``; a store error is logged, not raised over the send's own
+    error (the lease then simply runs out)."""
+    try:
+        deliveries.release(key)
+    except Exception:
+        log.warning("could not end the lease on a failed send", exc_info=True)
+
+
+def _record_lease(send_bound: timedelta, batch_size: int) -> timedelta:
+    """How long a ``sending`` record holds its job: one send's bound, and twice that in batch
+    mode, where the record waits for the end of the batch (see
+    :func:`_record_before_leases_run_out`)."""
+    return send_bound * 2 if batch_size > 1 else send_bound
+
+
+def _record_before_leases_run_out(
+    deliveries: DeliveryLog,
+    pending: Mapping[str, _Accepted],
+    now: datetime,
+    send_bound: timedelta,
+) -> None:
+    """Batch mode, before the next send: if an accepted email's lease (in ``deliveries``) has
+    less than one send's bound left, the next send could outlast it, and a copy of its job on
+    another worker would then be sent again; so every accepted email waiting for its record
+    is recorded as sent now (one transaction; reports and acks still wait for the end of the
+    batch). On a normal batch (sends of milliseconds) this never happens."""
+    waiting = [a for a in pending.values() if not a.recorded]
+    if not waiting:
+        return
+    oldest = min(a.began_at for a in waiting)
+    if oldest + deliveries.lease - now >= send_bound:
+        return
+    try:
+        _record_sent(deliveries, waiting)
+    except Exception:
+        # The end of the batch tries again; until then the leases may run out.
+        log.warning("could not record sent emails before their leases ran out", exc_info=True)
+        return
+    log.info("sent emails recorded before the end of a long batch", extra={"n": len(waiting)})
+
+
+def _record_sent(deliveries: DeliveryLog, accepted: list[_Accepted]) -> None:
+    """Record ``accepted`` as sent, in one transaction."""
+    if not accepted:
+        return
+    deliveries.sent_many(
+        [(a.job.idempotency_key, a.message_id, a.attempt, a.sent_at) for a in accepted]
+    )
+    for a in accepted:
+        a.recorded = True
 
 
 def send_lease(smtp_timeout: float) -> timedelta:
