@@ -65,31 +65,37 @@ class JsonFormatter(logging.Formatter):
             self._second = cached
         return f"{cached[1]}.{int((created - second) * 1000):03d}Z"
 
-    def line(self, level: int, logger: str, message: str, fields: Mapping[str, object]) -> str:
-        """The line :meth:`format` would write for a record of ``logger`` at ``level`` made
-        now with ``message`` and ``extra=fields`` (see :func:`log_line`)."""
-        entry: dict[str, object] = {
-            "time": self._time(time.time()),
-            "level": logging.getLevelName(level),
+    def _entry(
+        self, created: float, level: str, logger: str, message: str, request_id: object
+    ) -> dict[str, object]:
+        """The common fields of a line (the context's request ID unless one is given)."""
+        return {
+            "time": self._time(created),
+            "level": level,
             "service": self.service,
-            "request_id": fields.get("request_id") or request_id_var.get(),
+            "request_id": request_id or request_id_var.get(),
             "logger": logger,
             "message": message,
         }
+
+    def line(self, level: int, logger: str, message: str, fields: Mapping[str, object]) -> str:
+        """The line :meth:`format` would write for a record of ``logger`` at ``level`` made
+        now with ``message`` and ``extra=fields`` (see :func:`log_line`)."""
+        name = logging.getLevelName(level)
+        entry = self._entry(time.time(), name, logger, message, fields.get("request_id"))
         for key, value in fields.items():
             if key not in entry:
                 entry[key] = value
         return _encode(entry)
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "time": self._time(record.created),
-            "level": record.levelname,
-            "service": self.service,
-            "request_id": getattr(record, "request_id", None) or request_id_var.get(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
+        entry = self._entry(
+            record.created,
+            record.levelname,
+            record.name,
+            record.getMessage(),
+            getattr(record, "request_id", None),
+        )
         for key, value in record.__dict__.items():
             if key not in _RESERVED and key not in entry:
                 entry[key] = value
