@@ -37,6 +37,9 @@ class LazyCollection(Collection):
     def get(self, doc_id: str) -> Document | None:
         return self.opened.get(doc_id)
 
+    def version_of(self, doc_id: str) -> int | None:
+        return self.opened.version_of(doc_id)
+
     def _insert(self, doc: Document, events: Events) -> Document:
         return self.opened._insert(doc, events)
 

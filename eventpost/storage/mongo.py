@@ -405,6 +405,13 @@ class MongoCollection(Collection):
             raw = self._coll().find_one({"_id": doc_id}, session=self._store.session())
         return None if raw is None else self._document(raw)
 
+    def version_of(self, doc_id: str) -> int | None:
+        with _translated_errors():
+            raw = self._coll().find_one(
+                {"_id": doc_id}, {"version": 1, "_id": 0}, session=self._store.session()
+            )
+        return None if raw is None else int(raw["version"])
+
     def _update(
         self, doc_id: str, changes: Changes, expected_version: int | None, events: Events
     ) -> Document:

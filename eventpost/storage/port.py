@@ -69,6 +69,13 @@ class Collection(abc.ABC):
     def get(self, doc_id: str) -> Document | None:
         """The document with that id, or None."""
 
+    def version_of(self, doc_id: str) -> int | None:
+        """The ``version`` of the document with that id, or None when there is none: what
+        :meth:`get` would give, without reading (or decoding) the rest of the document.
+        Adapters override this default with a lookup of the version alone."""
+        doc = self.get(doc_id)
+        return None if doc is None else int(doc["version"])
+
     def update(
         self,
         doc_id: str,

@@ -424,6 +424,10 @@ class SqliteCollection(Collection):
         rows = self._store.read(f"SELECT doc FROM {self._table} WHERE id = ?", (doc_id,))
         return _loads(rows[0][0]) if rows else None
 
+    def version_of(self, doc_id: str) -> int | None:
+        rows = self._store.read(f"SELECT version FROM {self._table} WHERE id = ?", (doc_id,))
+        return rows[0][0] if rows else None
+
     def _update(
         self, doc_id: str, changes: Changes, expected_version: int | None, events: Events
     ) -> Document:

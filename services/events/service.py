@@ -17,7 +17,7 @@ from eventpost.storage import InvalidCursor, NotFound, OutboxEvent, VersionConfl
 from eventpost.storage.optimistic import retry_on_conflict
 from eventpost.timeutil import Clock, utcnow
 from eventpost.web import dumps
-from services.events.cache import StampedCache
+from services.events.cache import StampedCache, VersionedCache
 from services.events.domain import (
     EventIn,
     EventPatch,
@@ -67,11 +67,13 @@ class EventsService:
         store: EventsStore,
         cache: StampedCache,
         *,
+        documents: VersionedCache | None = None,
         clock: Clock = utcnow,
         id_factory: Callable[[], str] = new_id,
     ) -> None:
         self.store = store
         self.cache = cache
+        self.documents = documents or VersionedCache()
         self.clock = clock
         self.id_factory = id_factory
 
@@ -96,14 +98,16 @@ class EventsService:
     def get(self, event_id: str) -> CachedEvent:
         """An event, rendered; :class:`Missing` (404) when there is none."""
 
-        def load() -> CachedEvent | None:
+        def load() -> tuple[int, CachedEvent] | None:
             doc = self.store.get(event_id)
             if doc is None:
                 return None
             public = to_public(doc)
-            return CachedEvent(public, dumps(public), etag_of(doc), int(doc["version"]))
+            version = int(doc["version"])
+            return version, CachedEvent(public, dumps(public), etag_of(doc), version)
 
-        found = self.cache.get_or_compute(self.store.stamp(), ("event", event_id), load)
+        version = self.store.version_of(event_id)
+        found = None if version is None else self.documents.get_or_compute(event_id, version, load)
         if found is None:
             raise no_such_event()
         return found

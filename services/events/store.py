@@ -91,6 +91,10 @@ class EventsStore:
         """The stored event, or None."""
         return self.events.get(event_id)
 
+    def version_of(self, event_id: str) -> int | None:
+        """The stored event's version (None: there is none), without reading the event."""
+        return self.events.version_of(event_id)
+
     def search(self, search: Search, store_cursor: str | None) -> Page:
         """One page of the events a search finds."""
         return self.events.find(store_query(search, store_cursor))

@@ -17,6 +17,17 @@ def test_insert_sets_version_1_and_get_returns_the_document(events):
     assert events.get("nope") is None
 
 
+def test_version_of_follows_the_document_through_its_life(events):
+    assert events.version_of("e1") is None
+    events.insert({"id": "e1", "title": "Jazz night"})
+    assert events.version_of("e1") == 1
+    events.update("e1", {"title": "Jazz evening"})
+    events.update("e1", {"title": "Jazz late"})
+    assert events.version_of("e1") == events.get("e1")["version"] == 3
+    events.delete("e1")
+    assert events.version_of("e1") is None
+
+
 def test_insert_ignores_a_given_version(events):
     assert events.insert({"id": "e1", "version": 7})["version"] == 1
     assert events.get("e1")["version"] == 1

@@ -73,6 +73,22 @@ def _patch(**fields) -> EventPatch:
     return parse_model(json.dumps(fields).encode(), EventPatch)
 
 
+def test_a_cached_event_is_rendered_again_only_after_a_write_to_it(service):
+    first = service.create(_body(), by=ADMIN, request_id=None)["id"]
+    second = service.create(_body(title="Second"), by=ADMIN, request_id=None)["id"]
+    assert service.get(first).public["title"] == event_body()["title"]
+    service.get(second)
+    misses = service.documents.misses
+    service.patch(second, _patch(title="Second, moved"), if_match=None, by=ADMIN, request_id=None)
+    assert service.get(first).version == 1
+    assert service.documents.misses == misses  # a write to another event: still cached
+    assert service.get(second).public["title"] == "Second, moved"
+    assert service.documents.misses == misses + 1
+    service.delete(first, if_match=None, by=ADMIN, request_id=None)
+    with pytest.raises(Missing):
+        service.get(first)
+
+
 def test_every_queued_message_keeps_its_contract_exactly(service, store):
     created = service.create(_body(), by=ADMIN, request_id="req-1")
     event_id = created["id"]

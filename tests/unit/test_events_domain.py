@@ -12,7 +12,7 @@ from eventpost.errors import Invalid
 from eventpost.geo import haversine_km
 from eventpost.problems import ValidationProblem
 from eventpost.validation import LIMIT_MAX, parse_model
-from services.events.cache import StampedCache
+from services.events.cache import StampedCache, VersionedCache
 from services.events.domain import (
     EventIn,
     EventPatch,
@@ -395,6 +395,34 @@ def test_stamped_cache_recomputes_after_a_newer_stamp():
     now[0] = 61.0
     assert cache.get_or_compute(2, "k", compute("f")) == "f"
     assert calls == ["a", "c", "d", "f"]
+
+
+def test_versioned_cache_serves_an_entry_only_for_the_version_it_was_made_from():
+    now = [0.0]
+    cache = VersionedCache(max_bytes=10_000, ttl=60, timer=lambda: now[0])
+    calls = []
+
+    def compute(version, value):
+        def run():
+            calls.append(value)
+            return (version, value)
+
+        return run
+
+    assert cache.get_or_compute("k", 1, compute(1, "a")) == "a"
+    assert cache.get_or_compute("k", 1, compute(1, "b")) == "a"
+    assert cache.get_or_compute("other", 4, compute(4, "o")) == "o"
+    assert cache.get_or_compute("k", 2, compute(2, "c")) == "c"
+    assert cache.get_or_compute("other", 4, compute(4, "p")) == "o"  # k's write: o stays
+    # A write came between the version read and the document read: what was read is kept
+    # under its own version, so the next reader of version 4 uses it.
+    assert cache.get_or_compute("k", 3, compute(4, "d")) == "d"
+    assert cache.get_or_compute("k", 4, compute(4, "e")) == "d"
+    assert cache.get_or_compute("k", 5, lambda: None) is None  # gone meanwhile
+    now[0] = 61.0
+    assert cache.get_or_compute("k", 4, compute(4, "f")) == "f"
+    assert calls == ["a", "o", "c", "d", "f"]
+    assert (cache.hits, cache.misses) == (3, 6)
 
 
 def test_store_query_of_a_search():
