@@ -26,7 +26,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Hashable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cachetools import TTLCache
 
@@ -41,7 +41,31 @@ def approximate_size(value: object) -> int:
     return 256 + 2 * len(text) if isinstance(text, str) else 256
 
 
-class StampedCache:
+class _BoundedCache:
+    """A thread-safe TTL cache, bounded in (approximate) bytes, counting its hits and misses;
+    ``entry_size`` gives the bytes of one entry."""
+
+    def __init__(
+        self,
+        max_bytes: int,
+        ttl: float,
+        timer: Callable[[], float],
+        entry_size: Callable[[Any], int],
+    ) -> None:
+        self._entries: TTLCache = TTLCache(
+            maxsize=max_bytes, ttl=ttl, timer=timer, getsizeof=entry_size
+        )
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        with self._lock:
+            self._entries.clear()
+
+
+class StampedCache(_BoundedCache):
     """A thread-safe TTL cache, bounded in (approximate) bytes, whose entries belong to one
     change stamp.
 
@@ -54,13 +78,8 @@ class StampedCache:
         ttl: float = 60.0,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._entries: TTLCache = TTLCache(
-            maxsize=max_bytes, ttl=ttl, timer=timer, getsizeof=approximate_size
-        )
+        super().__init__(max_bytes, ttl, timer, approximate_size)
         self._stamp = -1
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
 
     def get_or_compute(self, stamp: int, key: Hashable, compute: Callable[[], T]) -> T:
         """The entry for ``key`` made under ``stamp``, computing (and keeping) it if needed."""
@@ -80,13 +99,8 @@ class StampedCache:
                 self._entries[key] = value
         return value
 
-    def clear(self) -> None:
-        """Forget every entry."""
-        with self._lock:
-            self._entries.clear()
 
-
-class VersionedCache:
+class VersionedCache(_BoundedCache):
     """A thread-safe TTL cache, bounded in (approximate) bytes, whose entries each hold the
     version of the document they were made from; one is used only for that same version."""
 
@@ -96,12 +110,7 @@ class VersionedCache:
         ttl: float = 60.0,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._entries: TTLCache = TTLCache(
-            maxsize=max_bytes, ttl=ttl, timer=timer, getsizeof=_versioned_size
-        )
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
+        super().__init__(max_bytes, ttl, timer, _versioned_size)
 
     def get_or_compute(
         self, key: Hashable, version: int, compute: Callable[[], tuple[int, T] | None]
@@ -122,11 +131,6 @@ class VersionedCache:
         with self._lock:
             self._entries[key] = made
         return made[1]
-
-    def clear(self) -> None:
-        """Forget every entry."""
-        with self._lock:
-            self._entries.clear()
 
 
 def _versioned_size(entry: tuple[int, object]) -> int:
