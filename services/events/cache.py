@@ -43,17 +43,18 @@ def approximate_size(value: object) -> int:
 
 class _BoundedCache:
     """A thread-safe TTL cache, bounded in (approximate) bytes, counting its hits and misses;
-    ``entry_size`` gives the bytes of one entry."""
+    a subclass's ``_entry_size`` gives the bytes of one entry."""
+
+    _entry_size: Callable[[Any], int] = staticmethod(approximate_size)
 
     def __init__(
         self,
-        max_bytes: int,
-        ttl: float,
-        timer: Callable[[], float],
-        entry_size: Callable[[Any], int],
+        max_bytes: int = 32 * 1024 * 1024,
+        ttl: float = 60.0,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self._entries: TTLCache = TTLCache(
-            maxsize=max_bytes, ttl=ttl, timer=timer, getsizeof=entry_size
+            maxsize=max_bytes, ttl=ttl, timer=timer, getsizeof=self._entry_size
         )
         self._lock = threading.Lock()
         self.hits = 0
@@ -72,14 +73,7 @@ class StampedCache(_BoundedCache):
     When a newer stamp is seen, every older entry is dropped at once. A reader holding an
     older stamp than the newest seen (it raced a write) computes without caching."""
 
-    def __init__(
-        self,
-        max_bytes: int = 32 * 1024 * 1024,
-        ttl: float = 60.0,
-        timer: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(max_bytes, ttl, timer, approximate_size)
-        self._stamp = -1
+    _stamp = -1  # the newest stamp seen (set on the instance from the first one on)
 
     def get_or_compute(self, stamp: int, key: Hashable, compute: Callable[[], T]) -> T:
         """The entry for ``key`` made under ``stamp``, computing (and keeping) it if needed."""
@@ -104,13 +98,9 @@ class VersionedCache(_BoundedCache):
     """A thread-safe TTL cache, bounded in (approximate) bytes, whose entries each hold the
     version of the document they were made from; one is used only for that same version."""
 
-    def __init__(
-        self,
-        max_bytes: int = 32 * 1024 * 1024,
-        ttl: float = 60.0,
-        timer: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(max_bytes, ttl, timer, _versioned_size)
+    @staticmethod
+    def _entry_size(entry: tuple[int, object]) -> int:
+        return approximate_size(entry[1])
 
     def get_or_compute(
         self, key: Hashable, version: int, compute: Callable[[], tuple[int, T] | None]
@@ -131,7 +121,3 @@ class VersionedCache(_BoundedCache):
         with self._lock:
             self._entries[key] = made
         return made[1]
-
-
-def _versioned_size(entry: tuple[int, object]) -> int:
-    return approximate_size(entry[1])
